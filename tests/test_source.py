@@ -1,0 +1,227 @@
+"""Source, init, next_batch, batch_at: exact epochs, Grain order, jit = vmap = eager."""
+
+import functools
+
+import chex
+import grain
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import tfds_jax
+from tfds_jax import batch_at, from_arrays, init, next_batch
+
+seeds = st.integers(0, 2**32 - 1)
+
+
+def _source(n):
+  # "x" holds each record's own index, so batches show which records were read.
+  return from_arrays({"x": np.arange(n, dtype=np.int32), "img": np.arange(n * 6, dtype=np.uint8).reshape(n, 2, 3)})
+
+
+@functools.partial(jax.jit, static_argnames=("batch_size", "steps"))
+def _scan_batches(source, state, batch_size, steps):
+  def step(state, _):
+    batch, state = next_batch(source, state, batch_size)
+    return state, batch["x"]
+  state, xs = jax.lax.scan(step, state, None, length=steps)
+  return xs, state
+
+
+@given(n=st.integers(1, 200), seed=seeds, epochs=st.integers(1, 3), data=st.data())
+def test_shuffled_order_equals_grain_mapdataset(n, seed, epochs, data):
+  batch_size = data.draw(st.integers(1, n))
+  steps = -(-epochs * n // batch_size)
+  xs, _ = _scan_batches(_source(n), init(_source(n), seed=seed, shuffle=True), batch_size, steps)
+  ours = np.asarray(xs).reshape(-1)
+  ds = grain.MapDataset.source(list(range(n))).shuffle(seed=seed)
+  np.testing.assert_array_equal(ours, [ds[i] for i in range(steps * batch_size)])
+
+
+@given(n=st.integers(1, 300), seed=seeds, shuffle=st.booleans(), data=st.data())
+def test_every_epoch_visits_each_record_once(n, seed, shuffle, data):
+  batch_size = data.draw(st.integers(1, n))
+  epochs = 3
+  steps = -(-epochs * n // batch_size)
+  xs, state = _scan_batches(_source(n), init(_source(n), seed=seed, shuffle=shuffle), batch_size, steps)
+  flat = np.asarray(xs).reshape(-1)
+  for e in range(epochs):
+    np.testing.assert_array_equal(np.sort(flat[e * n:(e + 1) * n]), np.arange(n))
+  if not shuffle:
+    np.testing.assert_array_equal(flat, np.arange(steps * batch_size) % n)
+  assert divmod(steps * batch_size, n) == (int(state.epoch), int(state.index))
+
+
+@given(n=st.integers(1, 300), seed=seeds, shuffle=st.booleans(), k=st.integers(0, 40), data=st.data())
+def test_k_next_batches_equal_batch_at(n, seed, shuffle, k, data):
+  batch_size = data.draw(st.integers(1, n))
+  source = _source(n)
+  state = init(source, seed=seed, shuffle=shuffle)
+  if k:
+    _, state = _scan_batches(source, state, batch_size, k)
+  got, _ = next_batch(source, state, batch_size)
+  initial = init(source, seed=seed, shuffle=shuffle)
+  want = batch_at(source.data, k * batch_size, batch_size, initial.seed)
+  chex.assert_trees_all_equal(got, want)
+  # batch_at also takes a traced start and the int seed itself.
+  traced = jax.jit(batch_at, static_argnums=2)(source, jnp.int32(k * batch_size), batch_size, seed if shuffle else None)
+  chex.assert_trees_all_equal(traced, want)
+
+
+@given(n=st.integers(2, 100), seed=seeds, data=st.data())
+def test_batch_at_equals_gather_through_full_permutation(n, seed, data):
+  size = data.draw(st.integers(1, n))
+  start = data.draw(st.integers(0, 5 * n))
+  source = _source(n)
+  perms = [np.asarray(tfds_jax.index_shuffle(jnp.arange(n), (seed + e) % 2**32, n - 1)) for e in range(7)]
+  order = np.concatenate(perms)
+  want = order[start:start + size]
+  np.testing.assert_array_equal(np.asarray(batch_at(source, start, size, seed)["x"]), want)
+  np.testing.assert_array_equal(np.asarray(batch_at(source, start, size, seed)["img"]), np.asarray(source.data["img"])[want])
+
+
+def test_batch_crossing_epoch_boundary_takes_each_epochs_order():
+  n, seed = 10, 7
+  source = _source(n)
+  state = init(source, seed=seed, shuffle=True)
+  _, state = next_batch(source, state, 8)
+  batch, state = next_batch(source, state, 8)
+  e0 = np.asarray(tfds_jax.index_shuffle(jnp.arange(n), seed, n - 1))
+  e1 = np.asarray(tfds_jax.index_shuffle(jnp.arange(n), seed + 1, n - 1))
+  np.testing.assert_array_equal(np.asarray(batch["x"]), np.concatenate([e0[8:], e1[:6]]))
+  assert (int(state.epoch), int(state.index)) == (1, 6)
+
+
+def test_large_python_start_and_seed_wraparound():
+  n = 13
+  source = _source(n)
+  start = 10**12 * n + 5  # Far past 2**31: the divmod happens on Python ints.
+  epoch = (10**12) % 2**32
+  got = np.asarray(batch_at(source, start, 4, 2**32 - 1)["x"])
+  want = np.asarray(tfds_jax.index_shuffle(jnp.arange(5, 9), (2**32 - 1 + epoch) % 2**32, n - 1))
+  np.testing.assert_array_equal(got, want)
+
+
+def test_next_batch_traces_once_in_fori_loop_and_scan():
+  source, state = _source(50), init(_source(50), seed=3, shuffle=True)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def epoch_sum(source, state):
+    def body(_, carry):
+      total, state = carry
+      batch, state = next_batch(source, state, 16)
+      return total + batch["x"].sum(), state
+    return jax.lax.fori_loop(0, 25, body, (jnp.int32(0), state))
+
+  total, end = epoch_sum(source, state)
+  total2, _ = epoch_sum(source, end)  # New state values: no retrace.
+  assert int(end.epoch) == 8 and int(end.index) == 0  # 25 * 16 = 8 * 50
+  assert int(total) == 8 * sum(range(50))
+  assert int(total2) == 8 * sum(range(50))
+  chex.clear_trace_counter()
+
+
+def test_jit_eager_vmap_agree_for_next_batch():
+  n = 61_000  # Near the 2**16 block, so the op-by-op loop is short.
+  source = from_arrays({"x": np.arange(n, dtype=np.int32)})
+  state = init(source, seed=11, shuffle=True)
+  state = state._replace(index=jnp.int32(n - 5))
+  with jax.disable_jit():
+    eager, eager_state = next_batch(source, state, 9)
+  jitted, jit_state = next_batch(source, state, 9)
+  chex.assert_trees_all_equal((eager, eager_state), (jitted, jit_state))
+  states = jax.tree.map(lambda *xs: jnp.stack(xs), state, state._replace(index=jnp.int32(3)))
+  vb, vs = jax.vmap(next_batch, in_axes=(None, 0, None))(source, states, 9)
+  chex.assert_trees_all_equal(jax.tree.map(lambda x: x[0], (vb, vs)), (jitted, jit_state))
+
+
+def test_vmap_over_seeds_and_keys_gives_independent_orders():
+  n = 64
+  source = _source(n)
+  seeds_ = jnp.arange(5, dtype=jnp.uint32)
+  orders = jax.vmap(lambda s: batch_at(source, 0, n, s)["x"])(seeds_)
+  for s in range(5):
+    np.testing.assert_array_equal(np.asarray(orders[s]), np.asarray(batch_at(source, 0, n, s)["x"]))
+    np.testing.assert_array_equal(np.sort(np.asarray(orders[s])), np.arange(n))
+  assert len({tuple(o) for o in np.asarray(orders).tolist()}) == 5
+  keys = jax.random.split(jax.random.key(0), 4)
+  states = jax.vmap(lambda k: init(source, seed=k, shuffle=True))(keys)
+  batches, _ = jax.vmap(next_batch, in_axes=(None, 0, None))(source, states, n)
+  assert len({tuple(o) for o in np.asarray(batches["x"]).tolist()}) == 4
+  one = init(source, seed=keys[2], shuffle=True)
+  np.testing.assert_array_equal(np.asarray(next_batch(source, one, n)[0]["x"]), np.asarray(batches["x"][2]))
+  # vmap over start positions too.
+  starts = jnp.array([0, 10, 200])
+  per_start = jax.vmap(lambda p: batch_at(source, p, 8, 5)["x"])(starts)
+  for i, p in enumerate([0, 10, 200]):
+    np.testing.assert_array_equal(np.asarray(per_start[i]), np.asarray(batch_at(source, p, 8, 5)["x"]))
+
+
+def test_init_seed_forms():
+  source = _source(5)
+  assert init(source).seed is None
+  assert init(source, seed=9).seed is None  # Not shuffled: no seed.
+  assert int(init(source, seed=2**32 - 1, shuffle=True).seed) == 2**32 - 1
+  raw = jax.random.PRNGKey(3)
+  typed = jax.random.wrap_key_data(raw)
+  assert int(init(source, seed=raw, shuffle=True).seed) == int(init(source, seed=typed, shuffle=True).seed)
+  assert init(source, seed=jnp.int32(4), shuffle=True).seed.dtype == jnp.uint32
+  with pytest.raises(ValueError, match=r"Expected a seed in \[0, 2\*\*32\), got -1"):
+    init(source, seed=-1, shuffle=True)
+  with pytest.raises(ValueError, match="Expected a single JAX key, got a key array of shape"):
+    init(source, seed=jax.random.split(typed, 2), shuffle=True)
+  with pytest.raises(ValueError, match="got an array of dtype float32"):
+    init(source, seed=jnp.float32(1.0), shuffle=True)
+
+
+def test_from_arrays_and_element_spec():
+  source = from_arrays({"image": np.zeros((7, 4, 4, 1), np.uint8), "label": [0, 1, 2, 3, 4, 5, 6]})
+  assert source.num_records == 7
+  assert isinstance(source.data["label"], jax.Array)
+  assert tfds_jax.element_spec(source) == {
+      "image": jax.ShapeDtypeStruct((4, 4, 1), jnp.uint8),
+      "label": jax.ShapeDtypeStruct((), source.data["label"].dtype),
+  }
+  leaves, treedef = jax.tree_util.tree_flatten(source)
+  assert len(leaves) == 2
+  assert jax.tree_util.tree_unflatten(treedef, leaves).num_records == 7
+  assert "num_records=7" in repr(source)
+
+
+def test_from_arrays_places_on_device():
+  device = jax.devices()[0]
+  source = from_arrays({"x": np.arange(3)}, device=device)
+  assert source.data["x"].devices() == {device}
+
+
+@pytest.mark.parametrize(
+    "arrays, error, match",
+    [
+        ({}, ValueError, "Expected a non-empty dict of feature name -> array, got {}"),
+        ({"a": np.zeros(3), "b": np.zeros(4)}, ValueError, r"same number of records.*got \{'a': 3, 'b': 4\}"),
+        ({"a": np.float32(1)}, ValueError, "Expected feature 'a' to have a leading record axis, got a scalar"),
+        ({"a": np.array(["x", "y"])}, TypeError, "Expected a numeric or bool array for feature 'a', got dtype <U1"),
+        ({"a": np.zeros((0, 2))}, ValueError, "Expected between 1 and 2\\*\\*31 - 1 records, got 0"),
+        ({1: np.zeros(3)}, TypeError, "Expected feature names to be str, got 1"),
+    ],
+)
+def test_from_arrays_errors(arrays, error, match):
+  with pytest.raises(error, match=match):
+    from_arrays(arrays)
+
+
+def test_batch_size_errors():
+  source = _source(10)
+  state = init(source)
+  with pytest.raises(ValueError, match=r"Expected 1 <= batch_size <= 10 \(the number of records\), got 11"):
+    next_batch(source, state, 11)
+  with pytest.raises(ValueError, match=r"Expected 1 <= size <= 10 \(the number of records\), got 0"):
+    batch_at(source, 0, 0)
+  with pytest.raises(TypeError, match="Expected size to be a static Python int"):
+    jax.jit(batch_at)(source, 0, 3)
+  with pytest.raises(ValueError, match="Expected start >= 0, got -1"):
+    batch_at(source, -1, 3)

@@ -1,0 +1,39 @@
+"""tfds_jax: TensorFlow Datasets inside jitted JAX programs.
+
+Sources are immutable pytrees of arrays; iteration state is a separate
+``SourceState`` pytree; ``init``, ``next_batch`` and ``batch_at`` are pure.
+"""
+
+from tfds_jax._checkpoint import state_from_dict
+from tfds_jax._checkpoint import state_to_dict
+from tfds_jax._shuffle import index_shuffle
+from tfds_jax._source import Source
+from tfds_jax._source import SourceState
+from tfds_jax._source import as_seed
+from tfds_jax._source import batch_at
+from tfds_jax._source import element_spec
+from tfds_jax._source import from_arrays
+from tfds_jax._source import init
+from tfds_jax._source import next_batch
+from tfds_jax._source import record_indices
+from tfds_jax._types import Batch
+from tfds_jax._types import PRNGKey
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Batch",
+    "PRNGKey",
+    "Source",
+    "SourceState",
+    "as_seed",
+    "batch_at",
+    "element_spec",
+    "from_arrays",
+    "index_shuffle",
+    "init",
+    "next_batch",
+    "record_indices",
+    "state_from_dict",
+    "state_to_dict",
+]

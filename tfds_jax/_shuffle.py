@@ -1,0 +1,197 @@
+"""Grain-compatible index shuffle: a Simon-cipher Feistel network in pure jnp.
+
+A keyed pseudo-random permutation of ``[0, max_index]`` that maps one index at a
+time, so a shuffled epoch costs O(1) memory and any position can be recomputed
+on its own. Only ``uint32`` arithmetic is used, so it runs with x64 disabled.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+_MIN_BLOCK_BITS = 16
+_MAX_INDEX = 2**32 - 1
+_U32 = jnp.uint32
+
+
+def block_bits(max_index: int) -> int:
+  """Returns the cipher's block size in bits for a permutation of [0, max_index].
+
+  The block holds ``max_index`` (its bit length), rounded up to an even number
+  and at least 16 bits, as Grain's C++ implementation does, except that Grain
+  takes ``ceil(log2(max_index))`` bits: when ``max_index`` is a power of 4 at or
+  above ``2**16`` that block is one bit too small to hold ``max_index``, and
+  Grain's result is then not a permutation. Here it always is.
+
+  Args:
+    max_index: largest index of the permutation, ``0 <= max_index < 2**32``.
+
+  Returns:
+    An even number of bits in ``[16, 32]``.
+
+  Example:
+    >>> block_bits(59_999), block_bits(2**16)
+    (16, 18)
+  """
+  bits = int(max_index).bit_length()
+  return max(bits + bits % 2, _MIN_BLOCK_BITS)
+
+
+def round_keys(seed: jax.typing.ArrayLike, rounds: int = 4) -> list[jax.Array]:
+  """Returns the cipher's round keys: C++ ``std::seed_seq{seed}.generate``.
+
+  Args:
+    seed: uint32 seed(s), any shape; every returned key has that shape.
+    rounds: number of Feistel rounds (even, at least 4).
+
+  Returns:
+    ``rounds`` arrays of dtype uint32, the round keys in order.
+
+  Example:
+    >>> keys = round_keys(42)
+    >>> len(keys), keys[0].dtype
+    (4, dtype('uint32'))
+  """
+  seed = jnp.asarray(seed).astype(_U32)
+  n = rounds
+  t = 11 if n >= 623 else 7 if n >= 68 else 5 if n >= 39 else 3 if n >= 7 else (n - 1) // 2
+  p = (n - t) // 2
+  q = p + t
+  m = max(2, n)  # max(number of seed words + 1, n), with one seed word.
+  mix = lambda x: x ^ (x >> 27)
+  out = [jnp.full_like(seed, 0x8B8B8B8B)] * n
+  for k in range(m):
+    r1 = _U32(1664525) * mix(out[k % n] ^ out[(k + p) % n] ^ out[(k - 1) % n])
+    if k == 0:
+      r2 = r1 + _U32(1)  # + number of seed words
+    elif k == 1:
+      r2 = r1 + _U32(k % n) + seed
+    else:
+      r2 = r1 + _U32(k % n)
+    out[(k + p) % n] = out[(k + p) % n] + r1
+    out[(k + q) % n] = out[(k + q) % n] + r2
+    out[k % n] = r2
+  for k in range(m, m + n):
+    r3 = _U32(1566083941) * mix(out[k % n] + out[(k + p) % n] + out[(k - 1) % n])
+    r4 = r3 - _U32(k % n)
+    out[(k + p) % n] = out[(k + p) % n] ^ r3
+    out[(k + q) % n] = out[(k + q) % n] ^ r4
+    out[k % n] = r4
+  return out
+
+
+def _check_static(max_index: int, rounds: int) -> None:
+  if isinstance(max_index, jax.core.Tracer) or not isinstance(max_index, int):
+    raise TypeError(
+        f"Expected max_index to be a Python int (it fixes the cipher's block size),"
+        f" got {type(max_index).__name__}; pass len(dataset) - 1 as a static int."
+    )
+  if not 0 <= max_index <= _MAX_INDEX:
+    raise ValueError(
+        f"Expected 0 <= max_index < 2**32, got {max_index}; split datasets larger"
+        " than 2**32 records into shards."
+    )
+  if rounds < 4 or rounds % 2:
+    raise ValueError(
+        f"Expected an even number of rounds >= 4, got {rounds}; use rounds=4 to"
+        " match Grain."
+    )
+
+
+def permute(index: jax.Array, keys: list[jax.Array], max_index: int) -> jax.Array:
+  """Maps ``index`` through the cipher with precomputed ``round_keys``.
+
+  ``index_shuffle`` is ``permute(index, round_keys(seed, rounds), max_index)``;
+  callers that shuffle many indices with a few seeds compute the keys once.
+
+  Args:
+    index: uint32 indices in ``[0, max_index]``, any shape.
+    keys: round keys from :func:`round_keys`, each broadcastable to ``index``.
+    max_index: largest index, a static Python int.
+
+  Returns:
+    uint32 array shaped like ``index``.
+  """
+  _check_static(max_index, len(keys))
+  index = jnp.asarray(index).astype(_U32)
+  if max_index == 0:
+    return jnp.zeros_like(index)
+  w = block_bits(max_index) // 2
+  mask = _U32((1 << w) - 1)
+  keys = [k & mask for k in keys]
+
+  def rotl(x, r):
+    return ((x << _U32(r)) | (x >> _U32(w - r))) & mask
+
+  def encrypt(v):
+    left, right = (v >> _U32(w)) & mask, v & mask
+    for i in range(0, len(keys), 2):
+      left = left ^ ((rotl(right, 1) & rotl(right, 8)) ^ rotl(right, 2)) ^ keys[i]
+      right = right ^ ((rotl(left, 1) & rotl(left, 8)) ^ rotl(left, 2)) ^ keys[i + 1]
+    return (left << _U32(w)) | right
+
+  limit = _U32(max_index)
+  # Cycle-walking: re-encrypt values that fall outside [0, max_index]. The
+  # block is < 4x the range, so a few passes finish almost every batch.
+  first = encrypt(index)
+  return jax.lax.while_loop(
+      lambda v: jnp.any(v > limit),
+      lambda v: jnp.where(v > limit, encrypt(v), v),
+      first,
+  )
+
+
+@functools.partial(jax.jit, static_argnames=("max_index", "rounds"))
+def _index_shuffle(index, seed, max_index, rounds):
+  index, seed = jnp.broadcast_arrays(index, seed)
+  return permute(index, round_keys(seed, rounds), max_index)
+
+
+def index_shuffle(
+    index: jax.typing.ArrayLike,
+    seed: jax.typing.ArrayLike,
+    max_index: int,
+    rounds: int = 4,
+) -> jax.Array:
+  """Returns the position of ``index`` in a seeded permutation of [0, max_index].
+
+  Bit-identical to Grain's ``index_shuffle(index, max_index, seed, rounds)``
+  wherever Grain's is a permutation. Grain's is not one when ``max_index`` is a
+  power of 4 at or above ``2**16`` (datasets of 65537, 262145, ... records: the
+  last index collides with index 0); there this function takes the next block
+  size and stays a permutation, so its order differs from Grain's for those
+  sizes only.
+
+  Pure jnp with uint32 arithmetic: works under ``jit`` and ``vmap`` and with x64
+  disabled, and uses O(1) memory per index.
+
+  Args:
+    index: int array of indices in ``[0, max_index]``, any shape. Values outside
+      that range give unspecified results.
+    seed: uint32 seed(s) broadcastable to ``index``.
+    max_index: largest index (dataset size minus one), a static Python int below
+      ``2**32``.
+    rounds: even number of Feistel rounds, at least 4 (Grain uses 4).
+
+  Returns:
+    uint32 array with the broadcast shape of ``index`` and ``seed``.
+
+  Raises:
+    TypeError: if ``max_index`` is not a Python int.
+    ValueError: if ``max_index`` or ``rounds`` is out of range.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from tfds_jax import index_shuffle
+    >>> perm = index_shuffle(jnp.arange(10), seed=42, max_index=9)
+    >>> sorted(perm.tolist()) == list(range(10))
+    True
+  """
+  _check_static(max_index, rounds)
+  if isinstance(seed, int) and not 0 <= seed < 2**32:
+    raise ValueError(f"Expected a seed in [0, 2**32), got {seed}; reduce it modulo 2**32.")
+  seed = jnp.asarray(seed, _U32) if isinstance(seed, int) else jnp.asarray(seed)
+  return _index_shuffle(jnp.asarray(index), seed, max_index, rounds)
