@@ -13,9 +13,11 @@ from tfds_jax._source import as_seed
 from tfds_jax._source import batch_at
 from tfds_jax._source import element_spec
 from tfds_jax._source import from_arrays
+from tfds_jax._source import info
 from tfds_jax._source import init
 from tfds_jax._source import next_batch
 from tfds_jax._source import record_indices
+from tfds_jax._tfds import load
 from tfds_jax._types import Batch
 from tfds_jax._types import PRNGKey
 
@@ -31,7 +33,9 @@ __all__ = [
     "element_spec",
     "from_arrays",
     "index_shuffle",
+    "info",
     "init",
+    "load",
     "next_batch",
     "record_indices",
     "state_from_dict",

@@ -8,6 +8,7 @@ on its own. Only ``uint32`` arithmetic is used, so it runs with x64 disabled.
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -134,14 +135,32 @@ def permute(index: jax.Array, keys: list[jax.Array], max_index: int) -> jax.Arra
     return (left << _U32(w)) | right
 
   limit = _U32(max_index)
-  # Cycle-walking: re-encrypt values that fall outside [0, max_index]. The
-  # block is < 4x the range, so a few passes finish almost every batch.
-  first = encrypt(index)
-  return jax.lax.while_loop(
-      lambda v: jnp.any(v > limit),
-      lambda v: jnp.where(v > limit, encrypt(v), v),
-      first,
-  )
+
+  def walk(v):
+    for _ in range(passes):
+      v = jnp.where(v > limit, encrypt(v), v)
+    return v
+
+  # Cycle-walking: re-encrypt values that fall outside [0, max_index]. Each
+  # loop iteration makes several masked passes, enough that one iteration
+  # almost always finishes: XLA's per-iteration cost exceeds a pass's.
+  passes = walk_passes(max_index, index.size)
+  return jax.lax.while_loop(lambda v: jnp.any(v > limit), walk, walk(encrypt(index)))
+
+
+def walk_passes(max_index: int, count: int) -> int:
+  """Masked cycle-walking passes per loop iteration for ``count`` indices.
+
+  A value leaves the range with probability ``q = 1 - (max_index + 1) / 2**bits``
+  per pass; after ``k`` passes all ``count`` are done with probability about
+  ``1 - count * q**k``. Take ``k`` for a 1/64 chance of another iteration,
+  between 1 and 16 passes.
+  """
+  q = 1.0 - (max_index + 1) / 2.0 ** block_bits(max_index)
+  if q <= 0.0:
+    return 1
+  k = math.log(64.0 * max(count, 1)) / -math.log(q)
+  return int(min(max(math.ceil(k), 1), 16))
 
 
 @functools.partial(jax.jit, static_argnames=("max_index", "rounds"))

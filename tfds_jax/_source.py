@@ -153,6 +153,34 @@ def from_arrays(
   return Source(data=data, name=name, split=split, info=info)
 
 
+def info(source: Source) -> Any:
+  """Returns the TFDS ``DatasetInfo`` of a loaded source.
+
+  It holds the description, features (with class names), splits and their
+  sizes, citation and supervised keys.
+
+  Args:
+    source: a :class:`Source` made by :func:`tfds_jax.load` (or given ``info``).
+
+  Returns:
+    The ``tfds.core.DatasetInfo``.
+
+  Raises:
+    ValueError: if the source carries none (it was made from arrays).
+
+  Example:
+    >>> import numpy as np, tfds_jax
+    >>> tfds_jax.info(tfds_jax.from_arrays({"x": np.arange(3)}, info="my info"))
+    'my info'
+  """
+  if source.info is None:
+    raise ValueError(
+        "Expected a source made by tfds_jax.load (with TFDS dataset info), got one"
+        " without info; pass info= to from_arrays, or load the dataset with load."
+    )
+  return source.info
+
+
 def element_spec(source: Source | Mapping[str, jax.Array]) -> dict[str, jax.ShapeDtypeStruct]:
   """Returns the shape and dtype of one record, per feature.
 
@@ -309,7 +337,19 @@ def record_indices(
 @functools.partial(jax.jit, static_argnames="size")
 def _gather(data: Mapping[str, jax.Array], epoch, index, size: int, seed) -> Batch:
   rows = record_indices(_num_records(data), epoch, index, size, seed)
-  return {k: v.at[rows].get(mode="promise_in_bounds") for k, v in data.items()}
+  return {k: take_rows(v, rows) for k, v in data.items()}
+
+
+def take_rows(x: jax.Array, rows: jax.Array) -> jax.Array:
+  """Gathers whole records: ``x[rows]`` for in-range ``rows``.
+
+  Records are flattened to one row each first; XLA's CPU gather of contiguous
+  rows is markedly faster than of multi-axis slices (see benchmarks/core.py).
+  """
+  if x.ndim == 1:
+    return x.at[rows].get(mode="promise_in_bounds")
+  flat = x.reshape(x.shape[0], -1).at[rows].get(mode="promise_in_bounds")
+  return flat.reshape(rows.shape + x.shape[1:])
 
 
 def batch_at(
@@ -363,7 +403,6 @@ def batch_at(
   return _gather(arrays, epoch, index, size, seed)
 
 
-@functools.partial(jax.jit, static_argnames="batch_size")
 def next_batch(
     source: Source | Mapping[str, jax.Array],
     state: SourceState,
@@ -374,9 +413,10 @@ def next_batch(
   Pure: the same state always gives the same batch. Every batch has exactly
   ``batch_size`` records; one that crosses the end of an epoch takes the tail of
   epoch ``e`` in its order and the head of epoch ``e + 1`` in that epoch's order,
-  and ``epoch`` / ``index`` advance accordingly. It is jitted with
-  ``batch_size`` static, so eager calls compile once per shape; inside your own
-  ``jit``, ``lax.scan`` or ``lax.fori_loop`` it is inlined and traces once.
+  and ``epoch`` / ``index`` advance accordingly. Its work is jitted
+  with ``batch_size`` static, so eager calls compile once per shape; inside
+  your own ``jit``, ``lax.scan`` or ``lax.fori_loop`` it is inlined and traces
+  once.
 
   Args:
     source: the :class:`Source` (or dict of arrays) to read.
@@ -400,14 +440,16 @@ def next_batch(
     ([4, 0, 1, 2], 1, 3)
   """
   arrays = source.data if isinstance(source, Source) else source
-  n = _num_records(arrays)
-  _check_batch_size(n, batch_size)
-  batch = _gather(arrays, state.epoch, state.index, batch_size, state.seed)
-  advanced = jnp.asarray(state.index).astype(_U32) + _U32(batch_size)
-  wrapped = advanced >= _U32(n)
-  new_state = SourceState(
-      epoch=(state.epoch + wrapped).astype(jnp.int32),
-      index=jnp.where(wrapped, advanced - _U32(n), advanced).astype(jnp.int32),
-      seed=state.seed,
-  )
-  return batch, new_state
+  _check_batch_size(_num_records(arrays), batch_size)
+  batch, epoch, index = _next(arrays, state.epoch, state.index, batch_size, state.seed)
+  return batch, SourceState(epoch=epoch, index=index, seed=state.seed)
+
+
+@functools.partial(jax.jit, static_argnames="batch_size")
+def _next(data, epoch, index, batch_size, seed):
+  n = _U32(_num_records(data))
+  batch = _gather(data, epoch, index, batch_size, seed)
+  advanced = jnp.asarray(index).astype(_U32) + _U32(batch_size)
+  wrapped = advanced >= n
+  epoch = (epoch + wrapped).astype(jnp.int32)
+  return batch, epoch, jnp.where(wrapped, advanced - n, advanced).astype(jnp.int32)

@@ -1,0 +1,167 @@
+"""The decoded-array cache: write once after decoding, read back without TensorFlow.
+
+An entry is a directory of ``.npy`` files (one per feature) and a ``meta.json``
+that names what it holds (dataset, version, config, split, keys, mode), a
+fingerprint of the prepared files it was decoded from, and a sampled digest of
+each array file. An entry is written in a temporary directory and renamed into
+place, so a crash never leaves a half-written entry that looks valid; one that
+is stale (the dataset was prepared again) or damaged (truncated, overwritten)
+is detected on read, reported, and rebuilt.
+
+Buffers are 64-byte aligned so that JAX on the CPU adopts them without a copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+log = logging.getLogger("tfds_jax")
+
+FORMAT = 1
+_ALIGN = 64
+_SAMPLE_BLOCKS = 16
+_SAMPLE_BYTES = 1 << 16
+
+
+def root() -> Path:
+  """Returns the cache root: ``$TFDS_JAX_CACHE_DIR`` or ``~/.cache/tfds_jax``."""
+  return Path(os.environ.get("TFDS_JAX_CACHE_DIR", Path.home() / ".cache" / "tfds_jax"))
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+  """Returns an uninitialized array whose buffer is 64-byte aligned.
+
+  Args:
+    shape: array shape.
+    dtype: numpy dtype.
+
+  Returns:
+    A C-contiguous array of that shape and dtype.
+
+  Example:
+    >>> aligned_empty((3, 5), np.float32).ctypes.data % 64
+    0
+  """
+  dtype = np.dtype(dtype)
+  nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+  raw = np.empty(nbytes + _ALIGN, np.uint8)
+  offset = (-raw.ctypes.data) % _ALIGN
+  return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+def entry_dir(key: Mapping[str, Any]) -> Path:
+  """Returns the directory of the entry for ``key`` (a JSON-able dict)."""
+  digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+  name = "".join(c if c.isalnum() or c in "-_." else "_" for c in str(key.get("name", "data")))
+  return root() / name / digest
+
+
+def _sampled_digest(path: Path) -> str:
+  """blake2b of the file size and 16 evenly spaced 64 KiB blocks (whole file if small)."""
+  size = path.stat().st_size
+  h = hashlib.blake2b(str(size).encode(), digest_size=16)
+  with open(path, "rb") as f:
+    if size <= _SAMPLE_BLOCKS * _SAMPLE_BYTES:
+      h.update(f.read())
+    else:
+      for i in range(_SAMPLE_BLOCKS):
+        f.seek((size - _SAMPLE_BYTES) * i // (_SAMPLE_BLOCKS - 1))
+        h.update(f.read(_SAMPLE_BYTES))
+  return h.hexdigest()
+
+
+def _read_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+  with open(path, "rb") as f:
+    version = np.lib.format.read_magic(f)
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read_header is None:
+      raise ValueError(f"unsupported .npy version {version}")
+    got_shape, fortran, got_dtype = read_header(f)
+    if tuple(got_shape) != shape or got_dtype != dtype or fortran:
+      raise ValueError(f"header says {got_dtype}{list(got_shape)}, meta says {dtype}{list(shape)}")
+    out = aligned_empty(shape, dtype)
+    view = memoryview(out.reshape(-1).view(np.uint8))
+    got = f.readinto(view)
+    if got != out.nbytes or f.read(1):
+      raise ValueError(f"holds {got} data bytes, expected {out.nbytes}")
+  return out
+
+
+def read(key: Mapping[str, Any], fingerprint: str) -> dict[str, np.ndarray] | None:
+  """Returns the cached arrays for ``key``, or None if absent, stale or damaged.
+
+  A stale or damaged entry is logged and removed, so the caller rebuilds it.
+
+  Args:
+    key: what the entry holds (dataset, version, config, split, keys, mode).
+    fingerprint: identifies the prepared files the arrays must come from.
+
+  Returns:
+    feature name -> aligned numpy array, or None.
+  """
+  path = entry_dir(key)
+  meta_path = path / "meta.json"
+  if not meta_path.exists():
+    return None
+  try:
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != FORMAT or meta.get("key") != json.loads(json.dumps(key)):
+      raise ValueError("it was written for another key or cache format")
+    if meta.get("fingerprint") != fingerprint:
+      log.warning("tfds_jax: cache at %s is stale (the dataset was prepared again); rebuilding it.", path)
+      shutil.rmtree(path, ignore_errors=True)
+      return None
+    arrays = {}
+    for feature in meta["features"]:
+      file = path / feature["file"]
+      if _sampled_digest(file) != feature["digest"]:
+        raise ValueError(f"{file.name} does not match its recorded digest")
+      arrays[feature["name"]] = _read_npy(file, tuple(feature["shape"]), np.dtype(feature["dtype"]))
+    return arrays
+  except (OSError, ValueError, KeyError, TypeError) as e:
+    log.warning("tfds_jax: cache at %s is damaged (%s); rebuilding it.", path, e)
+    shutil.rmtree(path, ignore_errors=True)
+    return None
+
+
+def write(key: Mapping[str, Any], fingerprint: str, arrays: Mapping[str, np.ndarray]) -> Path:
+  """Writes ``arrays`` as the entry for ``key``, atomically replacing any old one.
+
+  Args:
+    key: what the entry holds (JSON-able).
+    fingerprint: identifies the prepared files the arrays come from.
+    arrays: feature name -> array.
+
+  Returns:
+    The entry's directory.
+  """
+  path = entry_dir(key)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir()
+  try:
+    features = []
+    for i, (name, array) in enumerate(arrays.items()):
+      file = tmp / f"{i}.npy"
+      with open(file, "wb") as f:
+        np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
+      features.append({"name": name, "file": file.name, "shape": list(array.shape),
+                       "dtype": np.dtype(array.dtype).str, "digest": _sampled_digest(file)})
+    meta = {"format": FORMAT, "key": key, "fingerprint": fingerprint, "features": features}
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    shutil.rmtree(path, ignore_errors=True)
+    os.replace(tmp, path)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  return path

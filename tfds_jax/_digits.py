@@ -1,0 +1,55 @@
+"""The embedded default dataset: scikit-learn's 1,797 real 8x8 handwritten digits.
+
+A TFDS ``GeneratorBasedBuilder`` named ``digits`` that prepares locally, with no
+network, from the copy of the UCI "Optical Recognition of Handwritten Digits"
+test set that scikit-learn ships. Importing this module registers it with TFDS;
+``tfds_jax.load("digits", ...)`` does that for you.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+TEST_EVERY = 5  # records 0, 5, 10, ... (360 of them) are "test", the other 1,437 "train"
+
+
+class Digits(tfds.core.GeneratorBasedBuilder):
+  """1,797 8x8 grayscale handwritten digits in 10 classes, prepared offline."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release: test = every 5th record (360), train = the rest (1437)."}
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+        description=(
+            "The 1,797 8x8 handwritten digits of the UCI 'Optical Recognition of"
+            " Handwritten Digits' data that scikit-learn ships (43 writers; each"
+            " pixel counts the 'on' cells of a 4x4 block, 0..16, here scaled to"
+            " 0..255 as round(v * 255 / 16)). Fixed split: test holds every 5th"
+            " record in scikit-learn's order (360), train the other 1,437, so both"
+            " mix all writers."),
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(8, 8, 1)),
+            "label": tfds.features.ClassLabel(num_classes=10),
+        }),
+        supervised_keys=("image", "label"),
+        homepage="https://archive.ics.uci.edu/dataset/80/optical+recognition+of+handwritten+digits",
+        citation=(
+            "@misc{alpaydin1998optical, author={Alpaydin, E. and Kaynak, C.},"
+            " title={Optical Recognition of Handwritten Digits},"
+            " year={1998}, howpublished={UCI Machine Learning Repository},"
+            " doi={10.24432/C50P49}}"),
+    )
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    del dl_manager  # Nothing to download: scikit-learn ships the data.
+    return {"train": self._generate_examples(test=False), "test": self._generate_examples(test=True)}
+
+  def _generate_examples(self, test: bool):
+    from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    for i in range(len(images)):
+      if (i % TEST_EVERY == 0) == test:
+        yield i, {"image": images[i], "label": int(digits.target[i])}
