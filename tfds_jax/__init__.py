@@ -13,10 +13,11 @@ from tfds_jax._source import as_seed
 from tfds_jax._source import batch_at
 from tfds_jax._source import element_spec
 from tfds_jax._source import from_arrays
-from tfds_jax._source import info
 from tfds_jax._source import init
 from tfds_jax._source import next_batch
 from tfds_jax._source import record_indices
+from tfds_jax._tfds import DatasetInfoRef
+from tfds_jax._tfds import info
 from tfds_jax._tfds import load
 from tfds_jax._types import Batch
 from tfds_jax._types import PRNGKey
@@ -25,6 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Batch",
+    "DatasetInfoRef",
     "PRNGKey",
     "Source",
     "SourceState",

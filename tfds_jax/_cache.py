@@ -1,9 +1,10 @@
 """The decoded-array cache: write once after decoding, read back without TensorFlow.
 
 An entry is a directory of ``.npy`` files (one per feature) and a ``meta.json``
-that names what it holds (dataset, version, config, split, keys, mode), a
-fingerprint of the prepared files it was decoded from, and a sampled digest of
-each array file. An entry is written in a temporary directory and renamed into
+that names what it holds (the load request: dataset, split, keys, mode; and the
+version and config it resolved to), a fingerprint of the prepared files it was
+decoded from, and a sampled digest of each array file. Reading an entry needs
+no TensorFlow. An entry is written in a temporary directory and renamed into
 place, so a crash never leaves a half-written entry that looks valid; one that
 is stale (the dataset was prepared again) or damaged (truncated, overwritten)
 is detected on read, reported, and rebuilt.
@@ -96,17 +97,31 @@ def _read_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray
   return out
 
 
-def read(key: Mapping[str, Any], fingerprint: str) -> dict[str, np.ndarray] | None:
-  """Returns the cached arrays for ``key``, or None if absent, stale or damaged.
+def tree_fingerprint(path: str | os.PathLike) -> str:
+  """Names, sizes and mtimes of every file under ``path``: changes whenever the
+  dataset there is prepared again or another version is added."""
+  h = hashlib.sha256()
+  for dirpath, dirnames, filenames in os.walk(path):
+    dirnames.sort()
+    for name in sorted(filenames):
+      st = os.stat(os.path.join(dirpath, name))
+      h.update(f"{os.path.relpath(os.path.join(dirpath, name), path)}:{st.st_size}:{st.st_mtime_ns};".encode())
+  return h.hexdigest()
 
-  A stale or damaged entry is logged and removed, so the caller rebuilds it.
+
+def read(key: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+  """Returns the cached arrays for ``key`` and their metadata, or None.
+
+  None when there is no entry, or when it is stale (the prepared files it was
+  decoded from changed) or damaged; such an entry is logged and removed, so the
+  caller rebuilds it. Uses no TensorFlow.
 
   Args:
-    key: what the entry holds (dataset, version, config, split, keys, mode).
-    fingerprint: identifies the prepared files the arrays must come from.
+    key: what the entry holds (the load request: dataset, split, keys, mode).
 
   Returns:
-    feature name -> aligned numpy array, or None.
+    ``(arrays, meta)``: feature name -> aligned numpy array, and the ``extra``
+    metadata given to :func:`write`; or None.
   """
   path = entry_dir(key)
   meta_path = path / "meta.json"
@@ -116,8 +131,9 @@ def read(key: Mapping[str, Any], fingerprint: str) -> dict[str, np.ndarray] | No
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != FORMAT or meta.get("key") != json.loads(json.dumps(key)):
       raise ValueError("it was written for another key or cache format")
-    if meta.get("fingerprint") != fingerprint:
-      log.warning("tfds_jax: cache at %s is stale (the dataset was prepared again); rebuilding it.", path)
+    if tree_fingerprint(meta["tree"]) != meta["fingerprint"]:
+      log.warning("tfds_jax: cache at %s is stale (the dataset in %s changed); rebuilding it.",
+                  path, meta["tree"])
       shutil.rmtree(path, ignore_errors=True)
       return None
     arrays = {}
@@ -126,20 +142,23 @@ def read(key: Mapping[str, Any], fingerprint: str) -> dict[str, np.ndarray] | No
       if _sampled_digest(file) != feature["digest"]:
         raise ValueError(f"{file.name} does not match its recorded digest")
       arrays[feature["name"]] = _read_npy(file, tuple(feature["shape"]), np.dtype(feature["dtype"]))
-    return arrays
+    return arrays, meta["extra"]
   except (OSError, ValueError, KeyError, TypeError) as e:
     log.warning("tfds_jax: cache at %s is damaged (%s); rebuilding it.", path, e)
     shutil.rmtree(path, ignore_errors=True)
     return None
 
 
-def write(key: Mapping[str, Any], fingerprint: str, arrays: Mapping[str, np.ndarray]) -> Path:
+def write(key: Mapping[str, Any], arrays: Mapping[str, np.ndarray], tree: str | os.PathLike,
+          extra: Mapping[str, Any]) -> Path:
   """Writes ``arrays`` as the entry for ``key``, atomically replacing any old one.
 
   Args:
     key: what the entry holds (JSON-able).
-    fingerprint: identifies the prepared files the arrays come from.
     arrays: feature name -> array.
+    tree: the directory of prepared files the arrays were decoded from; the
+      entry is stale once :func:`tree_fingerprint` of it changes.
+    extra: JSON-able metadata returned by :func:`read`.
 
   Returns:
     The entry's directory.
@@ -157,7 +176,8 @@ def write(key: Mapping[str, Any], fingerprint: str, arrays: Mapping[str, np.ndar
         np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
       features.append({"name": name, "file": file.name, "shape": list(array.shape),
                        "dtype": np.dtype(array.dtype).str, "digest": _sampled_digest(file)})
-    meta = {"format": FORMAT, "key": key, "fingerprint": fingerprint, "features": features}
+    meta = {"format": FORMAT, "key": key, "tree": os.fspath(tree), "fingerprint": tree_fingerprint(tree),
+            "extra": extra, "features": features}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from tfds_jax._source import SourceState, init, next_batch
+from tfds_jax._tfds import info as dataset_info
 from tfds_jax._tfds import load
 
 
@@ -82,7 +83,7 @@ def run(dataset: str = "digits", *, epochs: int = 15, batch_size: int = 32, seed
   say = functools.partial(print, file=out, flush=True)
   t0 = time.perf_counter()
   train = load(dataset, train_split, as_supervised=True, data_dir=data_dir)
-  info = train.info
+  info = dataset_info(train)
   if test_split is None:
     test_split = next((s for s in ("test", "validation") if s in info.splits), None)
     if test_split is None:

@@ -153,34 +153,6 @@ def from_arrays(
   return Source(data=data, name=name, split=split, info=info)
 
 
-def info(source: Source) -> Any:
-  """Returns the TFDS ``DatasetInfo`` of a loaded source.
-
-  It holds the description, features (with class names), splits and their
-  sizes, citation and supervised keys.
-
-  Args:
-    source: a :class:`Source` made by :func:`tfds_jax.load` (or given ``info``).
-
-  Returns:
-    The ``tfds.core.DatasetInfo``.
-
-  Raises:
-    ValueError: if the source carries none (it was made from arrays).
-
-  Example:
-    >>> import numpy as np, tfds_jax
-    >>> tfds_jax.info(tfds_jax.from_arrays({"x": np.arange(3)}, info="my info"))
-    'my info'
-  """
-  if source.info is None:
-    raise ValueError(
-        "Expected a source made by tfds_jax.load (with TFDS dataset info), got one"
-        " without info; pass info= to from_arrays, or load the dataset with load."
-    )
-  return source.info
-
-
 def element_spec(source: Source | Mapping[str, jax.Array]) -> dict[str, jax.ShapeDtypeStruct]:
   """Returns the shape and dtype of one record, per feature.
 

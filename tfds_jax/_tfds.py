@@ -7,13 +7,15 @@ takes memory from JAX.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-import hashlib
+import importlib
 import logging
 import os
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import jax
@@ -26,6 +28,56 @@ log = logging.getLogger("tfds_jax")
 
 _CHUNK_BYTES = 16 << 20  # decoded bytes per read batch
 _EMBEDDED = {"digits": "tfds_jax._digits"}
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfoRef:
+  """Static, hashable stand-in for a ``DatasetInfo``: the prepared dataset's directory.
+
+  Sources keep this as metadata so that reloading the same dataset gives an
+  equal pytree (no retrace) and a cached load needs no TensorFlow; call
+  :func:`info` for the ``DatasetInfo`` itself.
+  """
+
+  data_dir: str  # directory holding dataset_info.json
+
+
+_INFOS: dict[str, Any] = {}
+
+
+def info(source: Source) -> Any:
+  """Returns the TFDS ``DatasetInfo`` of a loaded source.
+
+  It holds the description, features (with class names), splits and their
+  sizes, citation and supervised keys. For a source read from the cache, the
+  first call reads ``dataset_info.json`` with TFDS.
+
+  Args:
+    source: a :class:`Source` made by :func:`load` (or given ``info=``).
+
+  Returns:
+    The ``tfds.core.DatasetInfo`` (or whatever ``info=`` was given).
+
+  Raises:
+    ValueError: if the source carries none (it was made from arrays).
+
+  Example:
+    >>> import numpy as np, tfds_jax
+    >>> tfds_jax.info(tfds_jax.from_arrays({"x": np.arange(3)}, info="my info"))
+    'my info'
+  """
+  ref = source.info
+  if ref is None:
+    raise ValueError(
+        "Expected a source made by tfds_jax.load (with TFDS dataset info), got one"
+        " without info; pass info= to from_arrays, or load the dataset with load."
+    )
+  if not isinstance(ref, DatasetInfoRef):
+    return ref
+  if ref.data_dir not in _INFOS:
+    _, tfds = import_tf()
+    _INFOS[ref.data_dir] = tfds.builder_from_directory(ref.data_dir).info
+  return _INFOS[ref.data_dir]
 
 
 def import_tf():
@@ -74,7 +126,7 @@ def builder(
   """
   _, tfds = import_tf()
   if base_name(name) in _EMBEDDED:
-    __import__(_EMBEDDED[base_name(name)])
+    importlib.import_module(_EMBEDDED[base_name(name)])
   try:
     return tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir), try_gcs=try_gcs)
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -138,9 +190,13 @@ def _beam_download_config(config, workers: int):
   return config
 
 
-def _split_info(b, split: str):
+def _split_size(b, split: str) -> int | None:
+  """Records in ``split`` from the dataset info; None if the info lists no splits
+  (as under ``tfds.testing.mock_data``), in which case the reader counts them."""
+  if not b.info.splits:
+    return None
   try:
-    return b.info.splits[split]
+    return int(b.info.splits[split].num_examples)
   except (KeyError, ValueError, AssertionError) as e:
     raise ValueError(
         f"Expected a split of {b.name!r} such as {sorted(b.info.splits.keys())} (slices like"
@@ -151,13 +207,11 @@ def _split_info(b, split: str):
 def _check_keys(what: str, keys: Iterable[str] | None, available: list[str], name: str) -> set[str]:
   if keys is None:
     return set()
-  if isinstance(keys, str):
-    keys = {keys}
-  keys = set(keys)
+  keys = _as_set(keys)
   unknown = sorted(keys - set(available))
   if unknown:
     raise ValueError(
-        f"Expected {what} among the features of {name!r}, {available}; got unknown"
+        f"Expected {what} among the features of {name!r}, {sorted(available)}; got unknown"
         f" {unknown}; use the names listed."
     )
   return keys
@@ -192,17 +246,6 @@ def select_keys(
     raise ValueError(f"Expected at least one feature of {b.name!r} to load, got none after"
                      f" include_keys/exclude_keys; keep at least one of {features}.")
   return keys, asked | include
-
-
-def _fingerprint(b) -> str:
-  """Names, sizes and mtimes of the prepared files: changes when re-prepared."""
-  h = hashlib.sha256()
-  data_dir = os.fspath(b.data_dir)
-  for entry in sorted(os.scandir(data_dir), key=lambda e: e.name):
-    if entry.is_file():
-      st = entry.stat()
-      h.update(f"{entry.name}:{st.st_size}:{st.st_mtime_ns};".encode())
-  return h.hexdigest()
 
 
 def _dataset(b, split: str, keys: list[str], decoders: Mapping[str, Any] | None):
@@ -269,26 +312,54 @@ def _check_specs(ds, b, split: str, asked: set[str]) -> tuple[Any, dict[str, Any
   return ds, {k: (tuple(s.shape.as_list()), s.dtype.as_numpy_dtype) for k, s in spec.items()}
 
 
-def _read_all(ds, n: int, specs: Mapping[str, Any], label: str) -> dict[str, np.ndarray]:
-  """Reads ``n`` records in bulk batches into aligned numpy buffers."""
+def _read_all(ds, n: int | None, specs: Mapping[str, Any], label: str) -> dict[str, np.ndarray]:
+  """Reads the split in bulk batches into aligned numpy buffers.
+
+  ``n`` (from the dataset info) sizes the buffers up front; when it is unknown,
+  the batches are kept and joined at the end (twice the memory).
+  """
   _, tfds = import_tf()
   record_bytes = sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize for shape, dt in specs.values())
-  chunk = int(max(1, min(n, _CHUNK_BYTES // max(record_bytes, 1))))
-  out = {k: _cache.aligned_empty((n, *shape), dt) for k, (shape, dt) in specs.items()}
+  chunk = int(max(1, _CHUNK_BYTES // max(record_bytes, 1)))
+  if n is not None:
+    chunk = min(chunk, max(n, 1))
+  # Buffers in JAX's dtypes (int64 -> int32 with x64 off) so JAX adopts them
+  # without a copy; integers that do not fit are an error, never wrapped.
+  target = {k: np.dtype(jax.dtypes.canonicalize_dtype(dt)) for k, (_, dt) in specs.items()}
+  if n is not None:
+    out = {k: _cache.aligned_empty((n, *shape), target[k]) for k, (shape, _) in specs.items()}
+  else:
+    pieces = {k: [] for k in specs}
   from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
   pos = 0
   with tqdm(total=n, desc=f"loading {label}", unit=" records", unit_scale=True, delay=1.0,
             file=sys.stderr, leave=False) as bar:
     for batch in tfds.as_numpy(ds.batch(chunk).prefetch(2)):
       m = len(next(iter(batch.values())))
-      if pos + m > n:
+      if n is not None and pos + m > n:
         raise RuntimeError(f"Expected {n} records in {label} (from its dataset info), got more;"
                            " the prepared files disagree with their metadata: prepare it again.")
       for k, v in batch.items():
-        out[k][pos:pos + m] = v
+        if v.dtype != target[k] and np.issubdtype(v.dtype, np.integer) and v.size:
+          bounds = np.iinfo(target[k])
+          if v.min() < bounds.min or v.max() > bounds.max:
+            raise ValueError(
+                f"Expected feature {k!r} of {label} to fit {target[k]} (JAX's integer type"
+                f" with x64 disabled), got values in [{v.min()}, {v.max()}]; enable"
+                " jax_enable_x64 before loading, or exclude the feature.")
+        if n is not None:
+          out[k][pos:pos + m] = v
+        else:
+          pieces[k].append(v.astype(target[k]))
       pos += m
       bar.update(m)
-  if pos != n:
+  if n is None:
+    out = {}
+    for k, (shape, _) in specs.items():
+      out[k] = _cache.aligned_empty((pos, *shape), target[k])
+      if pos:
+        np.concatenate(pieces[k], out=out[k])
+  elif pos != n:
     raise RuntimeError(f"Expected {n} records in {label} (from its dataset info), got {pos};"
                        " the prepared files disagree with their metadata: prepare it again.")
   return out
@@ -316,7 +387,8 @@ def load(
   Records are decoded by TFDS in bulk batches (features left out are never
   parsed), written into one buffer per feature, cached decoded on disk, and
   handed to JAX (without a copy on the CPU). A later load of the same dataset,
-  version, config, split, keys and mode reads the cache instead.
+  name, data directory, split, keys and mode reads the cache instead, without
+  TensorFlow, unless the prepared files changed since.
 
   Args:
     name: TFDS name, optionally with config and version (``"mnist"``,
@@ -329,6 +401,9 @@ def load(
     exclude_keys: load all top-level features but these.
     decoders: TFDS decoders per feature (for example one that resizes images);
       loads with decoders are not cached, since decoders cannot be fingerprinted.
+      Wrap them in ``tfds.decode.PartialDecoding`` yourself only if you need
+      its nested selection; plain ``{feature: decoder}`` dicts are merged with
+      the key selection.
     download: prepare the dataset if it is not prepared yet.
     local_files_only: never download or prepare; fail if nothing is prepared.
     try_gcs: let TFDS read prepared files from its public GCS bucket.
@@ -340,7 +415,8 @@ def load(
     device: where to put the arrays (default: JAX's default device).
 
   Returns:
-    A :class:`Source` with ``name``, ``split`` and ``info`` set; nested features
+    A :class:`Source` with ``name`` and ``split`` set and ``info`` referring to
+    the dataset's ``DatasetInfo`` (get it with :func:`info`); nested features
     are flattened to ``"parent/child"`` keys.
 
   Raises:
@@ -355,39 +431,61 @@ def load(
     >>> src = tfds_jax.load("digits", "train")  # doctest: +SKIP
     >>> src.num_records, tfds_jax.element_spec(src)["image"].shape  # doctest: +SKIP
     (1437, (8, 8, 1))
+    >>> tfds_jax.info(src).features["label"].names[:3]  # doctest: +SKIP
+    ['0', '1', '2']
   """
   if include_keys is not None and exclude_keys is not None:
     raise ValueError(
         f"Expected at most one of include_keys and exclude_keys, got both"
         f" ({sorted(include_keys)} and {sorted(exclude_keys)}); keep one."
     )
+  key = {"format": _cache.FORMAT, "name": name, "split": split, "x64": bool(jax.config.jax_enable_x64),
+         "data_dir": os.fspath(data_dir) if data_dir is not None else os.environ.get("TFDS_DATA_DIR"),
+         "as_supervised": bool(as_supervised),
+         "include_keys": None if include_keys is None else sorted(_as_set(include_keys)),
+         "exclude_keys": None if exclude_keys is None else sorted(_as_set(exclude_keys))}
+  use_cache = cache and not decoders and not try_gcs
+  if use_cache:
+    hit = _cache.read(key)  # no TensorFlow on this path
+    if hit is not None:
+      arrays, meta = hit
+      log.info("tfds_jax: loaded %s[%s] from cache %s", meta["name"], split, _cache.entry_dir(key))
+      return from_arrays(arrays, name=meta["name"], split=split,
+                         info=DatasetInfoRef(meta["info_dir"]), device=device)
+  elif cache:
+    log.info("tfds_jax: not caching %s[%s]: %s.", name, split,
+             "custom decoders cannot be fingerprinted" if decoders else "files read from GCS")
   b = builder(name, data_dir=data_dir, try_gcs=try_gcs)
   ensure_prepared(b, download=download, local_files_only=local_files_only,
                   download_and_prepare_kwargs=download_and_prepare_kwargs,
                   beam_num_workers=beam_num_workers)
-  split_info = _split_info(b, split)
+  num_records = _split_size(b, split)
   keys, asked = select_keys(b, as_supervised=as_supervised, include_keys=include_keys,
                             exclude_keys=exclude_keys, decoders=decoders)
-  label = f"{b.name}[{split}]"
   config = b.builder_config.name if b.builder_config else None
-  key = {"name": b.name, "config": config, "version": str(b.version), "split": split,
-         "keys": keys, "as_supervised": bool(as_supervised), "data_dir": os.fspath(b.data_dir),
-         "format": _cache.FORMAT}
-  use_cache = cache and not decoders
-  if cache and decoders:
-    log.info("tfds_jax: not caching %s: custom decoders cannot be fingerprinted.", label)
-  arrays = None
+  full_name = b.name if config is None else f"{b.name}/{config}"
+  label = f"{full_name}[{split}]"
+  ds, specs = _check_specs(_dataset(b, split, keys, decoders), b, split, asked)
+  start = time.perf_counter()
+  arrays = _read_all(ds, num_records, specs, label)
+  log.info("tfds_jax: decoded %s in %.2fs", label, time.perf_counter() - start)
+  info_dir = os.fspath(b.data_dir)
+  _INFOS[info_dir] = b.info
   if use_cache:
-    fingerprint = _fingerprint(b)
-    arrays = _cache.read(key, fingerprint)
-    if arrays is not None:
-      log.info("tfds_jax: loaded %s from cache %s", label, _cache.entry_dir(key))
-  if arrays is None:
-    ds, specs = _check_specs(_dataset(b, split, keys, decoders), b, split, asked)
-    start = time.perf_counter()
-    arrays = _read_all(ds, int(split_info.num_examples), specs, label)
-    log.info("tfds_jax: decoded %s in %.2fs", label, time.perf_counter() - start)
-    if use_cache:
-      _cache.write(key, fingerprint, arrays)
-  return from_arrays(arrays, name=b.name if config is None else f"{b.name}/{config}",
-                     split=split, info=b.info, device=device)
+    extra = {"name": full_name, "version": str(b.version), "config": config, "keys": keys,
+             "info_dir": info_dir}
+    _cache.write(key, arrays, _dataset_tree(b), extra)
+  return from_arrays(arrays, name=full_name, split=split, info=DatasetInfoRef(info_dir), device=device)
+
+
+def _as_set(keys: Iterable[str] | str) -> set[str]:
+  return {keys} if isinstance(keys, str) else set(keys)
+
+
+def _dataset_tree(b) -> str:
+  """The directory holding every prepared version and config of ``b``'s dataset."""
+  path = os.path.abspath(os.fspath(b.data_dir))
+  for parent in [Path(path), *Path(path).parents]:
+    if parent.name == b.name:
+      return os.fspath(parent)
+  return path

@@ -1,0 +1,265 @@
+"""load(): faithful to TFDS, every option, clear errors, and the decoded-array cache."""
+
+import logging
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import tfds_builders
+import tfds_jax
+from tfds_jax import _cache, _tfds
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+  root = tmp_path_factory.mktemp("tfds")
+  for cls in (tfds_builders.ToyImages, tfds_builders.ToyRagged, tfds_builders.ToyBigInts):
+    cls(data_dir=root).download_and_prepare()
+  return root
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+  monkeypatch.setenv("TFDS_JAX_CACHE_DIR", str(tmp_path / "cache"))
+  return tmp_path / "cache"
+
+
+def _as_numpy(data_dir, split, name="toy_images"):
+  b = tfds.builder(name, data_dir=data_dir)
+  return tfds.as_numpy(b.as_dataset(split=split, batch_size=-1, shuffle_files=False))
+
+
+def _count_reads(monkeypatch):
+  calls = []
+  real = _tfds._read_all
+  monkeypatch.setattr(_tfds, "_read_all", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+  return calls
+
+
+@pytest.mark.parametrize("split", ["train", "test", "train[:25%]", "train[5:15]"])
+def test_arrays_equal_as_numpy(data_dir, split):
+  with pytest.warns(UserWarning, match=r"dropping string feature\(s\) \['id'\]"):
+    source = tfds_jax.load("toy_images", split, data_dir=data_dir)
+  ref = _as_numpy(data_dir, split)
+  assert set(source.data) == {"image", "label", "score", "meta/a", "meta/b"}
+  for key, want in [("image", ref["image"]), ("label", ref["label"]), ("score", ref["score"]),
+                    ("meta/a", ref["meta"]["a"]), ("meta/b", ref["meta"]["b"])]:
+    np.testing.assert_array_equal(np.asarray(source.data[key]), want)
+  assert source.num_records == len(ref["label"])
+  assert (source.name, source.split) == ("toy_images", split)
+
+
+def test_info_and_element_spec(data_dir):
+  source = tfds_jax.load("toy_images", "train", data_dir=data_dir, exclude_keys=["id"])
+  info = tfds_jax.info(source)
+  assert info.supervised_keys == ("image", "label")
+  assert info.features["label"].names == ["a", "b", "c"]
+  assert info.splits["train"].num_examples == tfds_builders.TRAIN
+  assert "Toy images" in info.description
+  assert tfds_jax.element_spec(source)["image"] == jax.ShapeDtypeStruct((8, 8, 1), np.uint8)
+  with pytest.raises(ValueError, match="Expected a source made by tfds_jax.load"):
+    tfds_jax.info(tfds_jax.from_arrays({"x": np.arange(2)}))
+
+
+def test_include_exclude_and_supervised(data_dir):
+  inc = tfds_jax.load("toy_images", "train", data_dir=data_dir, include_keys={"image"})
+  assert set(inc.data) == {"image"}
+  exc = tfds_jax.load("toy_images", "train", data_dir=data_dir, exclude_keys={"id", "meta"})
+  assert set(exc.data) == {"image", "label", "score"}
+  sup = tfds_jax.load("toy_images", "test", data_dir=data_dir, as_supervised=True)
+  assert set(sup.data) == {"image", "label"}
+  ref = _as_numpy(data_dir, "test")
+  np.testing.assert_array_equal(np.asarray(sup.data["label"]), ref["label"])
+  sup_inc = tfds_jax.load("toy_images", "test", data_dir=data_dir, as_supervised=True, include_keys=["label"])
+  assert set(sup_inc.data) == {"label"}
+
+
+def test_left_out_features_are_never_decoded(data_dir, monkeypatch):
+  decoded = []
+  real = tfds.features.Image.decode_example
+  monkeypatch.setattr(tfds.features.Image, "decode_example",
+                      lambda self, *a, **k: decoded.append(1) or real(self, *a, **k))
+  tfds_jax.load("toy_images", "train", data_dir=data_dir, include_keys=["label"], cache=False)
+  assert not decoded
+  tfds_jax.load("toy_images", "train", data_dir=data_dir, include_keys=["image"], cache=False)
+  assert decoded
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(include_keys={"image"}, exclude_keys={"id"}), r"Expected at most one of include_keys and exclude_keys, got both \(\['image'\] and \['id'\]\)"),
+    (dict(include_keys={"imgs"}), r"Expected include_keys among the features of 'toy_images', \['id', 'image', 'label', 'meta', 'score'\]; got unknown \['imgs'\]"),
+    (dict(exclude_keys=["nope"]), r"got unknown \['nope'\]"),
+    (dict(as_supervised=True, include_keys={"id"}), r"Expected include_keys among the features of 'toy_images', \['image', 'label'\]"),
+    (dict(include_keys={"id", "label"}), r"got string feature\(s\) \['id'\] of toy_images\[train\], which you asked for by name"),
+])
+def test_bad_keys(data_dir, kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    tfds_jax.load("toy_images", "train", data_dir=data_dir, **kwargs)
+
+
+def test_unknown_dataset_and_split(data_dir):
+  with pytest.raises(ValueError, match=r"got 'toy_imagez', which TFDS does not know; did you mean toy_images"):
+    tfds_jax.load("toy_imagez", "train", data_dir=data_dir)
+  with pytest.raises(ValueError, match=r"Expected a split of 'toy_images' such as \['test', 'train'\].*got 'validation'"):
+    tfds_jax.load("toy_images", "validation", data_dir=data_dir)
+
+
+def test_variable_shape_feature(data_dir):
+  with pytest.raises(ValueError, match=r"variable-shape feature\(s\) of toy_ragged\[train\]: image \(spec \(None, None, 1\), shapes seen \[\(4, 5, 1\), \(4, 6, 1\), \(5, 5, 1\)") as e:
+    tfds_jax.load("toy_ragged", "train", data_dir=data_dir)
+  assert "decoder that resizes" in str(e.value) and "exclude_keys=['image']" in str(e.value) and "stream" in str(e.value)
+  labels = tfds_jax.load("toy_ragged", "train", data_dir=data_dir, exclude_keys=["image"])
+  assert set(labels.data) == {"label"}
+
+  @tfds.decode.make_decoder(output_dtype=tf.uint8)
+  def resize(serialized, feature):
+    del feature
+    image = tf.io.decode_png(serialized, channels=1)
+    return tf.cast(tf.image.resize(image, (4, 4), method="nearest"), tf.uint8)
+
+  resized = tfds_jax.load("toy_ragged", "train", data_dir=data_dir, decoders={"image": resize()})
+  assert resized.data["image"].shape == (10, 4, 4, 1)
+  images, labels = np.asarray(resized.data["image"]), np.asarray(resized.data["label"])
+  fills = images[:, 0, 0, 0]
+  np.testing.assert_array_equal(images, np.broadcast_to(fills[:, None, None, None], images.shape))
+  np.testing.assert_array_equal(np.sort(fills), np.arange(10))  # record i is filled with i
+  np.testing.assert_array_equal(fills % 2, labels)
+
+
+def test_integer_overflow_is_an_error(data_dir):
+  with pytest.raises(ValueError, match=r"Expected feature 'big' of toy_big_ints\[train\] to fit int32.*got values in \[1099511627776, 1099511627779\]"):
+    tfds_jax.load("toy_big_ints", "train", data_dir=data_dir)
+
+
+def test_nothing_prepared(tmp_path):
+  for kwargs in (dict(local_files_only=True), dict(download=False)):
+    with pytest.raises(FileNotFoundError, match=r"Expected prepared files for 'toy_images' \(version 1.0.0\) in .*found none.*tfds-jax prepare toy_images") as e:
+      tfds_jax.load("toy_images", "train", data_dir=tmp_path / "empty", **kwargs)
+    assert str(tmp_path / "empty") in str(e.value)
+
+
+def test_prepares_when_missing(tmp_path):
+  source = tfds_jax.load("toy_images", "test", data_dir=tmp_path / "fresh", exclude_keys=["id"])
+  assert source.num_records == tfds_builders.TEST
+
+
+def test_cache_reuse_without_tensorflow(data_dir, cache_dir, monkeypatch):
+  reads = _count_reads(monkeypatch)
+  first = tfds_jax.load("toy_images", "train", data_dir=data_dir, exclude_keys=["id"])
+  assert len(reads) == 1 and any(cache_dir.rglob("meta.json"))
+  monkeypatch.setattr(_tfds, "builder", lambda *a, **k: pytest.fail("a cache hit must not touch TFDS"))
+  second = tfds_jax.load("toy_images", "train", data_dir=data_dir, exclude_keys=["id"])
+  assert len(reads) == 1
+  jax.tree.map(np.testing.assert_array_equal, first.data, second.data)
+  assert second.info == first.info  # equal static metadata: no retrace
+  assert jax.tree_util.tree_structure(first) == jax.tree_util.tree_structure(second)
+
+
+def test_cache_hit_in_fresh_process_imports_no_tensorflow(data_dir, cache_dir):
+  tfds_jax.load("toy_images", "train", data_dir=data_dir, exclude_keys=["id"])
+  code = (f"import sys, tfds_jax; s = tfds_jax.load('toy_images', 'train', data_dir={str(data_dir)!r},"
+          " exclude_keys=['id']); assert s.num_records == 40; print('tensorflow' in sys.modules)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"}, check=True)
+  assert out.stdout.strip() == "False"
+
+
+def test_cache_is_keyed_by_keys_and_mode(data_dir, monkeypatch):
+  reads = _count_reads(monkeypatch)
+  a = tfds_jax.load("toy_images", "train", data_dir=data_dir, include_keys=["label"])
+  b = tfds_jax.load("toy_images", "train", data_dir=data_dir, as_supervised=True)
+  c = tfds_jax.load("toy_images", "train[:50%]", data_dir=data_dir, as_supervised=True)
+  assert len(reads) == 3
+  assert set(a.data) == {"label"} and set(b.data) == {"image", "label"} and c.num_records == 20
+
+
+def test_cache_off(data_dir, cache_dir, monkeypatch):
+  reads = _count_reads(monkeypatch)
+  for _ in range(2):
+    tfds_jax.load("toy_images", "train", data_dir=data_dir, exclude_keys=["id"], cache=False)
+  assert len(reads) == 2 and not cache_dir.exists()
+
+
+def test_stale_cache_is_rebuilt(data_dir, monkeypatch, caplog):
+  reads = _count_reads(monkeypatch)
+  tfds_jax.load("toy_images", "train", data_dir=data_dir, exclude_keys=["id"])
+  shard = next(p for p in (data_dir / "toy_images").rglob("*.tfrecord*"))
+  st = shard.stat()
+  os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # as if prepared again
+  with caplog.at_level(logging.WARNING, logger="tfds_jax"):
+    again = tfds_jax.load("toy_images", "train", data_dir=data_dir, exclude_keys=["id"])
+  assert len(reads) == 2 and "is stale" in caplog.text
+  np.testing.assert_array_equal(np.asarray(again.data["label"]), _as_numpy(data_dir, "train")["label"])
+
+
+@pytest.mark.parametrize("damage", ["truncate", "overwrite", "meta"])
+def test_damaged_cache_is_rebuilt(data_dir, cache_dir, monkeypatch, caplog, damage):
+  reads = _count_reads(monkeypatch)
+  tfds_jax.load("toy_images", "train", data_dir=data_dir, include_keys=["image"])
+  entry = next(cache_dir.rglob("meta.json")).parent
+  npy = entry / "0.npy"
+  if damage == "truncate":
+    npy.write_bytes(npy.read_bytes()[:-100])
+  elif damage == "overwrite":
+    raw = bytearray(npy.read_bytes())
+    raw[-50] ^= 0xFF
+    npy.write_bytes(bytes(raw))
+  else:
+    (entry / "meta.json").write_text("{not json")
+  with caplog.at_level(logging.WARNING, logger="tfds_jax"):
+    again = tfds_jax.load("toy_images", "train", data_dir=data_dir, include_keys=["image"])
+  assert len(reads) == 2 and "is damaged" in caplog.text
+  np.testing.assert_array_equal(np.asarray(again.data["image"]), _as_numpy(data_dir, "train")["image"])
+
+
+def test_device_placement(data_dir):
+  device = jax.devices()[-1]
+  source = tfds_jax.load("toy_images", "train", data_dir=data_dir, as_supervised=True, device=device)
+  assert source.data["image"].devices() == {device}
+
+
+def test_store_as_tfds_dataset(tmp_path):
+  rng = np.random.default_rng(0)
+  x, y = rng.normal(size=(9, 3)).astype(np.float32), np.arange(9) % 4
+  splits = {"train": tf.data.Dataset.from_tensor_slices({"x": x, "y": y})}
+  features = tfds.features.FeaturesDict({
+      "x": tfds.features.Tensor(shape=(3,), dtype=np.float32),
+      "y": tfds.features.ClassLabel(num_classes=4)})
+  tfds.dataset_builders.store_as_tfds_dataset(
+      name="adhoc_vectors", version="1.0.0", features=features, split_datasets=splits, data_dir=tmp_path)
+  source = tfds_jax.load("adhoc_vectors", "train", data_dir=tmp_path)
+  order = np.argsort(np.asarray(source.data["x"])[:, 0])  # TFDS may reorder records
+  np.testing.assert_array_equal(np.asarray(source.data["x"])[order], x[np.argsort(x[:, 0])])
+  np.testing.assert_array_equal(np.asarray(source.data["y"])[order], y[np.argsort(x[:, 0])])
+
+
+def test_mock_data_mnist():
+  with tfds.testing.mock_data(num_examples=20):
+    source = tfds_jax.load("mnist", "train", cache=False)
+  assert source.num_records == 20
+  assert tfds_jax.element_spec(source)["image"] == jax.ShapeDtypeStruct((28, 28, 1), np.uint8)
+
+
+def test_tensorflow_is_kept_off_accelerators(monkeypatch):
+  calls = []
+  monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: [f"/physical_device:{kind}:0"] if kind == "GPU" else [])
+  monkeypatch.setattr(tf.config, "set_visible_devices", lambda devices, kind=None: calls.append((list(devices), kind)))
+  _tfds.import_tf()
+  assert calls == [([], "GPU")]
+
+
+def test_shuffled_iteration_over_a_loaded_split(data_dir):
+  source = tfds_jax.load("toy_images", "train", data_dir=data_dir, as_supervised=True)
+  state = tfds_jax.init(source, seed=1, shuffle=True)
+  seen = []
+  for _ in range(4):
+    batch, state = tfds_jax.next_batch(source, state, 10)
+    seen.append(np.asarray(batch["label"]))
+  assert int(state.epoch) == 1 and int(state.index) == 0
+  np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.sort(_as_numpy(data_dir, "train")["label"]))
