@@ -26,7 +26,7 @@ from tfds_jax._source import Source, from_arrays
 
 log = logging.getLogger("tfds_jax")
 
-_CHUNK_BYTES = 16 << 20  # decoded bytes per read batch
+_CHUNK_BYTES = 4 << 20  # decoded bytes per read batch
 _EMBEDDED = {"digits": "tfds_jax._digits"}
 
 
@@ -248,41 +248,42 @@ def select_keys(
   return keys, asked | include
 
 
-def _dataset(b, split: str, keys: list[str], decoders: Mapping[str, Any] | None):
-  """The split as a tf.data.Dataset of flat dicts holding only ``keys``."""
-  tf, tfds = import_tf()
-  partial = tfds.decode.PartialDecoding({k: True for k in keys}, decoders=dict(decoders or {}) or None)
+def _dataset(b, split: str, keys: list[str], decoders: Mapping[str, Any] | None,
+             batch_size: int | None = None):
+  """The split as a tf.data.Dataset of dicts holding only ``keys``, decoded.
+
+  With ``batch_size``, TFDS batches it (markedly faster than ``.batch()`` after
+  ``as_dataset``, see benchmarks/load.py).
+  """
+  _, tfds = import_tf()
+  decoders = {k: v for k, v in (decoders or {}).items() if k in keys}
+  partial = tfds.decode.PartialDecoding({k: True for k in keys}, decoders=decoders or None)
   read_config = tfds.ReadConfig(try_autocache=False, add_tfds_id=False)
-  ds = b.as_dataset(split=split, shuffle_files=False, decoders=partial, read_config=read_config)
-
-  def flatten(example):
-    flat = {}
-    for key in keys:
-      value = example[key]
-      if isinstance(value, dict):
-        for path, leaf in _flatten_dict(value, key):
-          flat[path] = leaf
-      else:
-        flat[key] = value
-    return flat
-
-  return ds.map(flatten, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return b.as_dataset(split=split, shuffle_files=False, decoders=partial, read_config=read_config,
+                      batch_size=batch_size)
 
 
-def _flatten_dict(d: Mapping[str, Any], prefix: str):
+def _flatten_dict(d: Mapping[str, Any], prefix: str = ""):
+  """Yields ("parent/child", leaf) pairs of a nested dict."""
   for k, v in d.items():
+    path = f"{prefix}/{k}" if prefix else k
     if isinstance(v, Mapping):
-      yield from _flatten_dict(v, f"{prefix}/{k}")
+      yield from _flatten_dict(v, path)
     else:
-      yield f"{prefix}/{k}", v
+      yield path, v
 
 
-def _check_specs(ds, b, split: str, asked: set[str]) -> tuple[Any, dict[str, Any]]:
-  """Drops or rejects string features and rejects variable-shape ones."""
+def _check_specs(b, split: str, keys: list[str], decoders, asked: set[str]):
+  """Returns the keys to read and their flat specs, without strings or variable shapes.
+
+  String features are left out of decoding (with a warning), or rejected when
+  asked for by name; variable-shape features are rejected.
+  """
   tf, tfds = import_tf()
-  spec = ds.element_spec
-  strings = [k for k, s in spec.items() if s.dtype == tf.string]
-  asked_strings = sorted(k for k in strings if k.split("/")[0] in asked)
+  ds = _dataset(b, split, keys, decoders)
+  spec = dict(_flatten_dict(ds.element_spec))
+  strings = sorted(k for k, s in spec.items() if s.dtype == tf.string)
+  asked_strings = [k for k in strings if k.split("/")[0] in asked]
   if asked_strings:
     raise ValueError(
         f"Expected numeric features in an eager source, got string feature(s) {asked_strings}"
@@ -291,28 +292,39 @@ def _check_specs(ds, b, split: str, asked: set[str]) -> tuple[Any, dict[str, Any
         " tfds directly."
     )
   if strings:
-    warnings.warn(f"tfds_jax: dropping string feature(s) {sorted(strings)} of {b.name}[{split}]:"
+    string_tops = {k.split("/")[0] for k in strings}
+    warnings.warn(f"tfds_jax: dropping string feature(s) {strings} of {b.name}[{split}]:"
                   " JAX arrays cannot hold strings (exclude_keys silences this).", stacklevel=3)
-    ds = ds.map(lambda x: {k: v for k, v in x.items() if k not in strings})
-    spec = ds.element_spec
+    if any(k.split("/")[0] in string_tops for k in spec if k not in strings):
+      raise ValueError(
+          f"Expected nested features {sorted(string_tops)} of {b.name}[{split}] to be all"
+          f" numeric or all strings, got a mix; exclude them with exclude_keys={sorted(string_tops)}.")
+    keys = [k for k in keys if k not in string_tops]
+    if not keys:
+      raise ValueError(f"Expected a numeric feature in {b.name}[{split}], got only strings {strings};"
+                       " map them to ids with a decoder.")
+    ds = _dataset(b, split, keys, decoders)
+    spec = dict(_flatten_dict(ds.element_spec))
   ragged = sorted(k for k, s in spec.items()
                   if not isinstance(s, tf.TensorSpec) or s.shape.rank is None or None in s.shape.as_list())
   if ragged:
     seen = {k: set() for k in ragged}
     for example in tfds.as_numpy(ds.take(8)):
+      flat = dict(_flatten_dict(example))
       for k in ragged:
-        seen[k].add(tuple(np.shape(example[k])))
+        seen[k].add(tuple(np.shape(flat[k])))
     shapes = {k: sorted(v)[:5] for k, v in seen.items()}
     raise ValueError(
         f"Expected fixed-shape features in an eager source, got variable-shape"
-        f" feature(s) of {b.name}[{split}]: {', '.join(f'{k} (spec {spec[k].shape}, shapes seen {shapes[k]})' for k in ragged)};"
+        f" feature(s) of {b.name}[{split}]: {', '.join(f'{k} (spec {tuple(spec[k].shape)}, shapes seen {shapes[k]})' for k in ragged)};"
         f" pass a decoder that resizes or pads them (decoders={{...}}), leave them out"
-        f" with exclude_keys={ragged}, or stream the dataset instead."
+        f" with exclude_keys={sorted({k.split('/')[0] for k in ragged})}, or stream the dataset instead."
     )
-  return ds, {k: (tuple(s.shape.as_list()), s.dtype.as_numpy_dtype) for k, s in spec.items()}
+  return keys, {k: (tuple(s.shape.as_list()), s.dtype.as_numpy_dtype) for k, s in spec.items()}
 
 
-def _read_all(ds, n: int | None, specs: Mapping[str, Any], label: str) -> dict[str, np.ndarray]:
+def _read_all(b, split: str, keys: list[str], decoders, n: int | None, specs: Mapping[str, Any],
+              label: str) -> dict[str, np.ndarray]:
   """Reads the split in bulk batches into aligned numpy buffers.
 
   ``n`` (from the dataset info) sizes the buffers up front; when it is unknown,
@@ -334,7 +346,8 @@ def _read_all(ds, n: int | None, specs: Mapping[str, Any], label: str) -> dict[s
   pos = 0
   with tqdm(total=n, desc=f"loading {label}", unit=" records", unit_scale=True, delay=1.0,
             file=sys.stderr, leave=False) as bar:
-    for batch in tfds.as_numpy(ds.batch(chunk).prefetch(2)):
+    for nested in tfds.as_numpy(_dataset(b, split, keys, decoders, batch_size=chunk)):
+      batch = dict(_flatten_dict(nested))
       m = len(next(iter(batch.values())))
       if n is not None and pos + m > n:
         raise RuntimeError(f"Expected {n} records in {label} (from its dataset info), got more;"
@@ -465,9 +478,9 @@ def load(
   config = b.builder_config.name if b.builder_config else None
   full_name = b.name if config is None else f"{b.name}/{config}"
   label = f"{full_name}[{split}]"
-  ds, specs = _check_specs(_dataset(b, split, keys, decoders), b, split, asked)
+  keys, specs = _check_specs(b, split, keys, decoders, asked)
   start = time.perf_counter()
-  arrays = _read_all(ds, num_records, specs, label)
+  arrays = _read_all(b, split, keys, decoders, num_records, specs, label)
   log.info("tfds_jax: decoded %s in %.2fs", label, time.perf_counter() - start)
   info_dir = os.fspath(b.data_dir)
   _INFOS[info_dir] = b.info
