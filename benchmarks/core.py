@@ -4,7 +4,10 @@ Figures (one JSON line each on stdout; all of them in benchmarks/results/core.js
 plots in benchmarks/results/core.png):
   throughput  records/s of shuffled next_batch / batch_at / sequential reads inside one
               jitted lax.fori_loop, against the limit: a gather through a precomputed
-              permutation in the same loop; and per-step jitted calls from Python.
+              permutation in the same loop; and per-step jitted calls from Python,
+              against the same gather called per step, its position either passed
+              from Python (calls independent, free to overlap) or carried on the
+              device from call to call (serialized, as next_batch's state is).
   stall       per-step time around epoch boundaries / median step time.
   batch_at_n  batch_at cost per record as the dataset grows from 1e3 to 1e7 records.
 
@@ -121,6 +124,17 @@ def throughput(name: str, arrays, batch_sizes, repeats: int, seed: int = 42) -> 
         out = step_gather(source.data, order, i)
       return out
 
+    # The same gather with its position carried on the device from call to call,
+    # as a training step carries its state: calls cannot overlap.
+    step_gather_carried = jax.jit(lambda data, order, i: ({
+        k: take_rows(v, jax.lax.dynamic_slice(order, (i * b,), (b,))) for k, v in data.items()}, i + 1))
+
+    def python_loop_limit_carried():
+      i, out = jnp.int32(0), None
+      for _ in range(steps):
+        out, i = step_gather_carried(source.data, order, i)
+      return out
+
     def python_loop_next_batch():
       state, out = shuffled, None
       for _ in range(steps):
@@ -133,22 +147,25 @@ def throughput(name: str, arrays, batch_sizes, repeats: int, seed: int = 42) -> 
         "batch_at": lambda: ba_loop(source.data, shuffled.seed),
         "sequential": lambda: nb_loop(source, tfds_jax.init(source)),
         "python_limit": python_loop_limit,
+        "python_limit_carried": python_loop_limit_carried,
         "python_next_batch": python_loop_next_batch,
     }, repeats)
     # Same records, or the comparison is meaningless.
     assert int(limit(source.data, order)) == int(nb_loop(source, shuffled)) == int(ba_loop(source.data, shuffled.seed))
     t_limit, t_nb, t_ba, t_seq = t["limit"], t["next_batch"], t["batch_at"], t["sequential"]
-    t_py_limit, t_py_nb = t["python_limit"], t["python_next_batch"]
+    t_py_limit, t_py_nb, t_py_carried = t["python_limit"], t["python_next_batch"], t["python_limit_carried"]
     recs = steps * b
     row = {
         "figure": "throughput", "dataset": name, "batch_size": b, "records": recs,
         "limit_fori_rps": recs / t_limit, "next_batch_fori_rps": recs / t_nb,
         "batch_at_fori_rps": recs / t_ba, "sequential_fori_rps": recs / t_seq,
         "limit_python_rps": recs / t_py_limit, "next_batch_python_rps": recs / t_py_nb,
+        "limit_python_carried_rps": recs / t_py_carried,
     }
     row["next_batch_fori_vs_limit"] = row["next_batch_fori_rps"] / row["limit_fori_rps"]
     row["batch_at_fori_vs_limit"] = row["batch_at_fori_rps"] / row["limit_fori_rps"]
     row["next_batch_python_vs_limit"] = row["next_batch_python_rps"] / row["limit_python_rps"]
+    row["next_batch_python_vs_limit_carried"] = row["next_batch_python_rps"] / row["limit_python_carried_rps"]
     print(json.dumps(row), flush=True)
     rows.append(row)
   return rows
@@ -206,10 +223,11 @@ def plot(results: dict, path: Path) -> None:
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
   rows = results["throughput"]
-  labels = [f"{r['dataset']}\nB={r['batch_size']}" for r in rows]
+  labels = [f"{r['dataset'].split()[0]}\nB={r['batch_size']}" for r in rows]
   keys = [("limit_fori_rps", "limit: precomputed perm (fori)"), ("next_batch_fori_rps", "next_batch (fori)"),
           ("batch_at_fori_rps", "batch_at (fori)"), ("sequential_fori_rps", "sequential (fori)"),
-          ("limit_python_rps", "limit, per-step jit"), ("next_batch_python_rps", "next_batch, per-step jit")]
+          ("limit_python_rps", "limit, per-step jit"), ("limit_python_carried_rps", "limit, per-step jit, position carried"),
+          ("next_batch_python_rps", "next_batch, per-step jit")]
   width = 0.8 / len(keys)
   for i, (key, label) in enumerate(keys):
     axes[0].bar(np.arange(len(rows)) + i * width, [r[key] / 1e3 for r in rows], width, label=label)

@@ -154,19 +154,21 @@ def walk_passes(max_index: int, count: int) -> int:
   A value leaves the range with probability ``q = 1 - (max_index + 1) / 2**bits``
   per pass; after ``k`` passes all ``count`` are done with probability about
   ``1 - count * q**k``. Take ``k`` for a 1/64 chance of another iteration,
-  between 1 and 16 passes.
+  between 1 and 8 passes (more barely speeds up small datasets, whose walks
+  are long anyway, and doubles compile time).
   """
   q = 1.0 - (max_index + 1) / 2.0 ** block_bits(max_index)
   if q <= 0.0:
     return 1
   k = math.log(64.0 * max(count, 1)) / -math.log(q)
-  return int(min(max(math.ceil(k), 1), 16))
+  return int(min(max(math.ceil(k), 1), 8))
 
 
 @functools.partial(jax.jit, static_argnames=("max_index", "rounds"))
 def _index_shuffle(index, seed, max_index, rounds):
-  index, seed = jnp.broadcast_arrays(index, seed)
-  return permute(index, round_keys(seed, rounds), max_index)
+  keys = round_keys(seed, rounds)  # from the seed as given, often a scalar
+  shape = jnp.broadcast_shapes(index.shape, seed.shape)
+  return permute(jnp.broadcast_to(index, shape), keys, max_index)
 
 
 def index_shuffle(
