@@ -34,3 +34,28 @@ def test_help_and_bad_arguments():
 def test_demo_reports_unknown_dataset(capsys, tmp_path):
   assert cli.main(["demo", "--dataset", "digitz", "--data-dir", str(tmp_path)]) == 2
   assert "did you mean digits" in capsys.readouterr().err
+
+
+def test_info_and_prepare_commands(tmp_path, capsys, monkeypatch):
+  monkeypatch.setenv("TFDS_JAX_CACHE_DIR", str(tmp_path / "cache"))
+  data = str(tmp_path / "data")
+  assert cli.main(["info", "digits", "--data-dir", data]) == 0
+  out = capsys.readouterr().out
+  assert "digits 1.0.0: not prepared" in out and "label: ClassLabel int64[], 10 classes" in out
+  assert cli.main(["prepare", "digits", "--data-dir", data]) == 0
+  assert "prepared digits in" in capsys.readouterr().out
+  assert cli.main(["info", "digits", "--data-dir", data]) == 0
+  out = capsys.readouterr().out
+  # 1,437 records of 64 uint8 pixels + an int32 label (x64 off) = 68 bytes each.
+  assert "digits 1.0.0: prepared" in out and f"train: 1,437 records, {1437 * 68 / 1024:.1f} KiB decoded" in out
+  assert cli.main(["prepare", "digitz", "--data-dir", data]) == 2
+  assert "did you mean digits" in capsys.readouterr().err
+
+
+def test_array_record_prepared_data_is_a_clear_error(tmp_path, capsys, monkeypatch):
+  monkeypatch.setenv("TFDS_JAX_CACHE_DIR", str(tmp_path / "cache"))
+  data = str(tmp_path / "ar")
+  assert cli.main(["prepare", "digits", "--data-dir", data, "--file-format", "array_record"]) == 0
+  import tfds_jax
+  with pytest.raises(ValueError, match=r"Expected 'digits' prepared as TFRecord files for an eager load, got ArrayRecord files.*tfds-jax prepare digits --file-format tfrecord"):
+    tfds_jax.load("digits", "train", data_dir=data)

@@ -19,6 +19,7 @@ from tfds_jax._source import record_indices
 from tfds_jax._tfds import DatasetInfoRef
 from tfds_jax._tfds import info
 from tfds_jax._tfds import load
+from tfds_jax._tfds import prepare
 from tfds_jax._types import Batch
 from tfds_jax._types import PRNGKey
 
@@ -38,6 +39,7 @@ __all__ = [
     "info",
     "init",
     "load",
+    "prepare",
     "next_batch",
     "record_indices",
     "state_from_dict",

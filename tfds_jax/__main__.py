@@ -35,6 +35,20 @@ def parser() -> argparse.ArgumentParser:
   demo.add_argument("--seed", type=int, default=0)
   demo.add_argument("--data-dir", default=None, help="TFDS data directory")
   demo.add_argument("--test-split", default=None, help="default: 'test', else 'validation'")
+  info = sub.add_parser("info", help="show a dataset's features, splits and decoded sizes",
+                        description="Shows a TFDS dataset's features, supervised keys, splits,"
+                        " record counts and decoded sizes (what load would hold in memory).")
+  info.add_argument("name", help="TFDS dataset name, e.g. mnist or digits")
+  info.add_argument("--data-dir", default=None, help="TFDS data directory")
+  prep = sub.add_parser("prepare", help="download and prepare a dataset, with progress",
+                        description="Downloads and prepares a TFDS dataset once, so that"
+                        " load(..., local_files_only=True) can read it offline.")
+  prep.add_argument("name", help="TFDS dataset name, e.g. mnist or digits")
+  prep.add_argument("--data-dir", default=None, help="TFDS data directory")
+  prep.add_argument("--file-format", choices=["tfrecord", "array_record"], default=None,
+                    help="array_record allows random access (default: TFDS's, tfrecord)")
+  prep.add_argument("--beam-num-workers", type=_positive, default=None,
+                    help="processes for Beam-based datasets (needs apache-beam)")
   return p
 
 
@@ -43,14 +57,20 @@ def main(argv: list[str] | None = None) -> int:
   logger = logging.getLogger("tfds_jax")
   logger.setLevel(logging.INFO)
   logger.addHandler(logging.StreamHandler(sys.stderr))
-  if args.command == "demo":
-    from tfds_jax import _demo  # pylint: disable=import-outside-toplevel
-    try:
+  from tfds_jax import _demo, _tfds  # pylint: disable=import-outside-toplevel
+  try:
+    if args.command == "demo":
       _demo.run(args.dataset, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                 data_dir=args.data_dir, test_split=args.test_split)
-    except (ValueError, FileNotFoundError) as e:
-      print(f"tfds-jax demo: error: {e}", file=sys.stderr)
-      return 2
+    elif args.command == "info":
+      print(_tfds.describe(args.name, data_dir=args.data_dir))
+    elif args.command == "prepare":
+      path = _tfds.prepare(args.name, data_dir=args.data_dir, file_format=args.file_format,
+                           beam_num_workers=args.beam_num_workers)
+      print(f"prepared {args.name} in {path}")
+  except (ValueError, FileNotFoundError, ImportError) as e:
+    print(f"tfds-jax {args.command}: error: {e}", file=sys.stderr)
+    return 2
   return 0
 
 

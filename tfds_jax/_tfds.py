@@ -171,6 +171,90 @@ def ensure_prepared(
   print(f"tfds_jax: prepared {b.name} in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
 
 
+def prepare(
+    name: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    file_format: str | None = None,
+    beam_num_workers: int | None = None,
+    download_and_prepare_kwargs: Mapping[str, Any] | None = None,
+) -> str:
+  """Downloads and prepares a TFDS dataset (once), showing progress.
+
+  Args:
+    name: TFDS name, optionally with config and version.
+    data_dir: where to prepare it (default: TFDS's).
+    file_format: ``"tfrecord"`` or ``"array_record"`` (random access).
+    beam_num_workers: Beam DirectRunner processes for Beam-based datasets.
+    download_and_prepare_kwargs: more arguments for ``download_and_prepare``.
+
+  Returns:
+    The directory of the prepared files.
+
+  Example:
+    >>> import tfds_jax
+    >>> tfds_jax.prepare("digits")  # doctest: +SKIP
+    '/root/tensorflow_datasets/digits/1.0.0'
+  """
+  kwargs = dict(download_and_prepare_kwargs or {})
+  if file_format is not None:
+    kwargs["file_format"] = file_format
+  b = builder(name, data_dir=data_dir)
+  ensure_prepared(b, download_and_prepare_kwargs=kwargs, beam_num_workers=beam_num_workers)
+  return os.fspath(b.data_dir)
+
+
+def describe(name: str, *, data_dir: str | os.PathLike | None = None) -> str:
+  """Returns a readable summary of a dataset: features, splits, decoded sizes.
+
+  Decoded sizes are what :func:`load` would hold: fixed-shape numeric features
+  in JAX's dtypes (strings are dropped).
+
+  Args:
+    name: TFDS name.
+    data_dir: TFDS data directory.
+
+  Returns:
+    Multi-line text.
+  """
+  b = builder(name, data_dir=data_dir)
+  info = b.info
+  lines = [f"{b.name} {b.version}: {'prepared' if b.is_prepared() else 'not prepared'} in {b.data_dir}"]
+  if info.description:
+    lines.append("  " + info.description.strip().splitlines()[0][:200])
+  lines.append("features:")
+  record_bytes, fixed = 0, True
+  for key, feature in info.features.items():
+    tensors = feature.get_tensor_info()
+    leaves = dict(_flatten_dict(tensors, key)) if isinstance(tensors, Mapping) else {key: tensors}
+    for path, t in leaves.items():
+      shape = tuple(t.shape)
+      numeric = np.dtype(t.np_dtype).kind not in "OSU"
+      if numeric and None not in shape:
+        record_bytes += int(np.prod(shape, dtype=np.int64)) * np.dtype(jax.dtypes.canonicalize_dtype(t.np_dtype)).itemsize
+      else:
+        fixed = fixed and not numeric  # strings are dropped by load; variable shapes block it
+      kind = type(feature).__name__
+      extra = f", {feature.num_classes} classes" if hasattr(feature, "num_classes") else ""
+      note = "" if numeric and None not in shape else ("  (string: dropped by load)" if not numeric else "  (variable shape)")
+      lines.append(f"  {path}: {kind} {np.dtype(t.np_dtype).name}{list(shape)}{extra}{note}")
+  if info.supervised_keys:
+    lines.append(f"supervised keys: {info.supervised_keys}")
+  lines.append("splits:")
+  for split, split_info in sorted(info.splits.items()):
+    size = f", {_human(record_bytes * split_info.num_examples)} decoded" if fixed else ", variable-shape: not loadable eagerly"
+    lines.append(f"  {split}: {split_info.num_examples:,} records{size}")
+  return "\n".join(lines)
+
+
+def _human(nbytes: float) -> str:
+  for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+    if nbytes < 1024 or unit == "TiB":
+      return f"{nbytes:.1f} {unit}"
+    nbytes /= 1024
+  return f"{nbytes:.1f} TiB"
+
+
 def _beam_download_config(config, workers: int):
   """A DownloadConfig whose Beam pipelines run on DirectRunner with ``workers`` processes."""
   _, tfds = import_tf()
@@ -472,6 +556,14 @@ def load(
   ensure_prepared(b, download=download, local_files_only=local_files_only,
                   download_and_prepare_kwargs=download_and_prepare_kwargs,
                   beam_num_workers=beam_num_workers)
+  fmt = getattr(b.info.file_format, "value", b.info.file_format)
+  if fmt == "array_record":
+    raise ValueError(
+        f"Expected {b.name!r} prepared as TFRecord files for an eager load, got ArrayRecord files"
+        f" in {b.data_dir}, which TFDS reads only one record at a time; prepare a TFRecord copy"
+        f" with `tfds-jax prepare {b.name} --file-format tfrecord --data-dir OTHER_DIR` and load"
+        " from that data_dir."
+    )
   num_records = _split_size(b, split)
   keys, asked = select_keys(b, as_supervised=as_supervised, include_keys=include_keys,
                             exclude_keys=exclude_keys, decoders=decoders)
