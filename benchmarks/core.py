@@ -62,6 +62,11 @@ def checksum(batch) -> jax.Array:
   return sum(jnp.sum(v, dtype=jnp.uint32) for v in jax.tree.leaves(batch))
 
 
+def machine() -> str:
+  """One line naming the machine, for tables and plots."""
+  return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.default_backend()}"
+
+
 def make_arrays(n: int, shape: tuple[int, ...], seed: int = 0) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(seed)
   return {"image": rng.integers(0, 256, (n, *shape), dtype=np.uint8),
@@ -252,7 +257,7 @@ def main() -> None:
   parser.add_argument("--quick", action="store_true", help="fewer repeats and sizes (smoke run)")
   args = parser.parse_args()
   repeats = 3 if args.quick else 9
-  machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.default_backend()}"
+  machine = globals()["machine"]()
   log(f"[core benchmarks] {machine}")
   mnist = make_arrays(60_000, (28, 28, 1))
   cifar = make_arrays(50_000, (32, 32, 3))

@@ -23,7 +23,8 @@ def test_demo_trains_to_95_percent(tmp_path, monkeypatch):
 
 def test_help_and_bad_arguments():
   result = subprocess.run([sys.executable, "-m", "tfds_jax", "--help"], capture_output=True, text=True)
-  assert result.returncode == 0 and "demo" in result.stdout
+  assert result.returncode == 0
+  assert all(command in result.stdout for command in ("demo", "info", "prepare", "bench"))
   with pytest.raises(SystemExit) as e:
     cli.main(["demo", "--epochs", "0"])
   assert e.value.code == 2
@@ -47,7 +48,8 @@ def test_info_and_prepare_commands(tmp_path, capsys, monkeypatch):
   assert cli.main(["info", "digits", "--data-dir", data]) == 0
   out = capsys.readouterr().out
   # 1,437 records of 64 uint8 pixels + an int32 label (x64 off) = 68 bytes each.
-  assert "digits 1.0.0: prepared" in out and f"train: 1,437 records, {1437 * 68 / 1024:.1f} KiB decoded" in out
+  assert "digits 1.0.0: prepared" in out and f"train: 1,437 records, {1437 * 68 / 1024:.1f} KiB decoded: fits in memory" in out
+  assert "memory budget for eager loading" in out
   assert cli.main(["prepare", "digitz", "--data-dir", data]) == 2
   assert "did you mean digits" in capsys.readouterr().err
 

@@ -152,6 +152,7 @@ def test_prepares_when_missing(tmp_path):
 def test_cache_reuse_without_tensorflow(data_dir, cache_dir, monkeypatch):
   reads = _count_reads(monkeypatch)
   first = tfds_jax.load("toy_images", "train", data_dir=data_dir, exclude_keys=["id"])
+  _cache.flush()  # the entry is written on a background thread
   assert len(reads) == 1 and any(cache_dir.rglob("meta.json"))
   monkeypatch.setattr(_tfds, "builder", lambda *a, **k: pytest.fail("a cache hit must not touch TFDS"))
   second = tfds_jax.load("toy_images", "train", data_dir=data_dir, exclude_keys=["id"])
@@ -163,6 +164,7 @@ def test_cache_reuse_without_tensorflow(data_dir, cache_dir, monkeypatch):
 
 def test_cache_hit_in_fresh_process_imports_no_tensorflow(data_dir, cache_dir):
   tfds_jax.load("toy_images", "train", data_dir=data_dir, exclude_keys=["id"])
+  _cache.flush()
   code = (f"import sys, tfds_jax; s = tfds_jax.load('toy_images', 'train', data_dir={str(data_dir)!r},"
           " exclude_keys=['id']); assert s.num_records == 40; print('tensorflow' in sys.modules)")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -177,6 +179,14 @@ def test_cache_is_keyed_by_keys_and_mode(data_dir, monkeypatch):
   c = tfds_jax.load("toy_images", "train[:50%]", data_dir=data_dir, as_supervised=True)
   assert len(reads) == 3
   assert set(a.data) == {"label"} and set(b.data) == {"image", "label"} and c.num_records == 20
+
+
+def test_failed_cache_write_is_logged_not_raised(data_dir, cache_dir, monkeypatch, caplog):
+  monkeypatch.setattr(_cache, "write", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+  with caplog.at_level(logging.WARNING, logger="tfds_jax"):
+    source = tfds_jax.load("toy_images", "train", data_dir=data_dir, as_supervised=True)
+    _cache.flush()
+  assert source.num_records == tfds_builders.TRAIN and "could not write the cache" in caplog.text
 
 
 def test_cache_off(data_dir, cache_dir, monkeypatch):
@@ -202,6 +212,7 @@ def test_stale_cache_is_rebuilt(data_dir, monkeypatch, caplog):
 def test_damaged_cache_is_rebuilt(data_dir, cache_dir, monkeypatch, caplog, damage):
   reads = _count_reads(monkeypatch)
   tfds_jax.load("toy_images", "train", data_dir=data_dir, include_keys=["image"])
+  _cache.flush()
   entry = next(cache_dir.rglob("meta.json")).parent
   npy = entry / "0.npy"
   if damage == "truncate":

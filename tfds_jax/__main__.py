@@ -49,7 +49,25 @@ def parser() -> argparse.ArgumentParser:
                     help="array_record allows random access (default: TFDS's, tfrecord)")
   prep.add_argument("--beam-num-workers", type=_positive, default=None,
                     help="processes for Beam-based datasets (needs apache-beam)")
+  bench = sub.add_parser("bench", help="build the benchmark data and run every figure",
+                         description="Runs benchmarks/run_all.py from a source checkout: builds the"
+                         " benchmark datasets, runs every figure against tf.data, Grain and datarax,"
+                         " and writes BENCHMARKS.md with tables and plots.")
+  bench.add_argument("--quick", action="store_true", help="fewer repeats and sizes (smoke run)")
+  bench.add_argument("--no-datarax", action="store_true", help="leave datarax out")
   return p
+
+
+def _bench(args) -> int:
+  import subprocess  # pylint: disable=import-outside-toplevel
+  from pathlib import Path  # pylint: disable=import-outside-toplevel
+  script = Path(__file__).resolve().parent.parent / "benchmarks" / "run_all.py"
+  if not script.exists():
+    raise FileNotFoundError(
+        f"Expected the benchmarks in a source checkout at {script.parent}, got none; run"
+        " `tfds-jax bench` from a clone of the tfds_jax repository.")
+  flags = [f for f, on in (("--quick", args.quick), ("--no-datarax", args.no_datarax)) if on]
+  return subprocess.run([sys.executable, str(script), *flags], cwd=script.parent.parent).returncode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                 data_dir=args.data_dir, test_split=args.test_split)
     elif args.command == "info":
       print(_tfds.describe(args.name, data_dir=args.data_dir))
+    elif args.command == "bench":
+      return _bench(args)
     elif args.command == "prepare":
       path = _tfds.prepare(args.name, data_dir=args.data_dir, file_format=args.file_format,
                            beam_num_workers=args.beam_num_workers)

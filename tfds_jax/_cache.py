@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -123,6 +124,7 @@ def read(key: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]
     ``(arrays, meta)``: feature name -> aligned numpy array, and the ``extra``
     metadata given to :func:`write`; or None.
   """
+  flush(key)
   path = entry_dir(key)
   meta_path = path / "meta.json"
   if not meta_path.exists():
@@ -149,8 +151,49 @@ def read(key: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]
     return None
 
 
+_PENDING: dict[Path, threading.Thread] = {}
+_LOCK = threading.Lock()
+
+
+def write_async(key: Mapping[str, Any], arrays: Mapping[str, np.ndarray], tree: str | os.PathLike,
+                fingerprint: str, extra: Mapping[str, Any]) -> threading.Thread:
+  """Writes the entry on a background thread, so the load returns at once.
+
+  The arrays are read-only from here on. The thread is not a daemon: the
+  interpreter waits for it at exit. A failure is logged, not raised (the cache
+  is an optimization). :func:`read` and :func:`flush` wait for pending writes.
+  """
+  path = entry_dir(key)
+
+  def work():
+    try:
+      write(key, arrays, tree, fingerprint, extra)
+    except Exception as e:  # pylint: disable=broad-except
+      log.warning("tfds_jax: could not write the cache at %s (%s); loads will decode again.", path, e)
+
+  flush(key)
+  thread = threading.Thread(target=work, name=f"tfds_jax-cache-{path.name}", daemon=False)
+  with _LOCK:
+    _PENDING[path] = thread
+  thread.start()
+  return thread
+
+
+def flush(key: Mapping[str, Any] | None = None) -> None:
+  """Waits for pending cache writes (of ``key``, or all of them)."""
+  with _LOCK:
+    threads = list(_PENDING.values()) if key is None else [_PENDING.get(entry_dir(key))]
+  for thread in threads:
+    if thread is not None:
+      thread.join()
+  with _LOCK:
+    for path, thread in list(_PENDING.items()):
+      if not thread.is_alive():
+        del _PENDING[path]
+
+
 def write(key: Mapping[str, Any], arrays: Mapping[str, np.ndarray], tree: str | os.PathLike,
-          extra: Mapping[str, Any]) -> Path:
+          fingerprint: str, extra: Mapping[str, Any]) -> Path:
   """Writes ``arrays`` as the entry for ``key``, atomically replacing any old one.
 
   Args:
@@ -158,6 +201,8 @@ def write(key: Mapping[str, Any], arrays: Mapping[str, np.ndarray], tree: str | 
     arrays: feature name -> array.
     tree: the directory of prepared files the arrays were decoded from; the
       entry is stale once :func:`tree_fingerprint` of it changes.
+    fingerprint: ``tree_fingerprint(tree)`` taken before decoding, so that
+      files changed while decoding make the entry stale.
     extra: JSON-able metadata returned by :func:`read`.
 
   Returns:
@@ -176,7 +221,7 @@ def write(key: Mapping[str, Any], arrays: Mapping[str, np.ndarray], tree: str | 
         np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
       features.append({"name": name, "file": file.name, "shape": list(array.shape),
                        "dtype": np.dtype(array.dtype).str, "digest": _sampled_digest(file)})
-    meta = {"format": FORMAT, "key": key, "tree": os.fspath(tree), "fingerprint": tree_fingerprint(tree),
+    meta = {"format": FORMAT, "key": key, "tree": os.fspath(tree), "fingerprint": fingerprint,
             "extra": extra, "features": features}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     shutil.rmtree(path, ignore_errors=True)

@@ -240,11 +240,38 @@ def describe(name: str, *, data_dir: str | os.PathLike | None = None) -> str:
       lines.append(f"  {path}: {kind} {np.dtype(t.np_dtype).name}{list(shape)}{extra}{note}")
   if info.supervised_keys:
     lines.append(f"supervised keys: {info.supervised_keys}")
-  lines.append("splits:")
+  budget, where = memory_budget()
+  lines.append(f"splits (memory budget for eager loading: {_human(budget)}, {where}):")
   for split, split_info in sorted(info.splits.items()):
-    size = f", {_human(record_bytes * split_info.num_examples)} decoded" if fixed else ", variable-shape: not loadable eagerly"
+    nbytes = record_bytes * split_info.num_examples
+    if fixed:
+      fits = "fits in memory" if nbytes <= budget else "does not fit the budget"
+      size = f", {_human(nbytes)} decoded: {fits}"
+    else:
+      size = ", variable-shape: not loadable eagerly"
     lines.append(f"  {split}: {split_info.num_examples:,} records{size}")
   return "\n".join(lines)
+
+
+def memory_budget() -> tuple[int, str]:
+  """Bytes an eager source may take by default, and where that figure comes from.
+
+  10% of the default accelerator's memory; on a CPU-only machine, 25% of the
+  host memory available now (``MemAvailable`` in ``/proc/meminfo``).
+
+  Returns:
+    ``(bytes, description)``.
+  """
+  device = jax.devices()[0]
+  stats = device.memory_stats() if device.platform != "cpu" else None
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"] * 0.10), f"10% of {device.device_kind} memory"
+  try:
+    with open("/proc/meminfo") as f:
+      available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
+  except (OSError, StopIteration):
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+  return int(available * 0.25), "25% of available host memory"
 
 
 def _human(nbytes: float) -> str:
@@ -508,7 +535,9 @@ def load(
     beam_num_workers: prepare Beam-based datasets with Beam's DirectRunner on
       this many processes (needs ``apache-beam``).
     cache: read and write the decoded-array cache (``$TFDS_JAX_CACHE_DIR``,
-      default ``~/.cache/tfds_jax``).
+      default ``~/.cache/tfds_jax``). It is written on a background thread, so
+      the first load returns as soon as the arrays are ready; a later load of
+      the same data, and the interpreter's exit, wait for the write.
     device: where to put the arrays (default: JAX's default device).
 
   Returns:
@@ -571,6 +600,8 @@ def load(
   full_name = b.name if config is None else f"{b.name}/{config}"
   label = f"{full_name}[{split}]"
   keys, specs = _check_specs(b, split, keys, decoders, asked)
+  tree = _dataset_tree(b)
+  fingerprint = _cache.tree_fingerprint(tree) if use_cache else ""  # of the files decoded below
   start = time.perf_counter()
   arrays = _read_all(b, split, keys, decoders, num_records, specs, label)
   log.info("tfds_jax: decoded %s in %.2fs", label, time.perf_counter() - start)
@@ -579,7 +610,7 @@ def load(
   if use_cache:
     extra = {"name": full_name, "version": str(b.version), "config": config, "keys": keys,
              "info_dir": info_dir}
-    _cache.write(key, arrays, _dataset_tree(b), extra)
+    _cache.write_async(key, arrays, tree, fingerprint, extra)
   return from_arrays(arrays, name=full_name, split=split, info=DatasetInfoRef(info_dir), device=device)
 
 
