@@ -234,12 +234,13 @@ def plot(results: dict, path: Path) -> None:
   a.set_xticks(np.arange(len(rows)) + 0.4 - width / 2, [f"{r['dataset']}\nB={r['batch_size']}" for r in rows])
   a.set_ylabel("records / s (log)")
   a.set_title("Shuffled epoch, identical data")
-  a.legend(fontsize=7)
+  a.legend(fontsize=7, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.15))
   stalls = results["stall"]
   b.bar([f"{s['loader']}\n{s['dataset']}" for s in stalls], [s["boundary_over_median"] for s in stalls],
         color=["C4" if s["loader"] == "tf.data" else "C1" for s in stalls])
   b.axhline(1.5, color="red", linestyle="--", linewidth=1, label="1.5x")
   b.set_yscale("log")
+  b.set_ylim(bottom=1.0)
   b.set_ylabel("worst step near an epoch boundary / median step")
   b.set_title("Epoch-boundary stall (B=128)")
   b.tick_params(axis="x", labelsize=7)
