@@ -71,7 +71,7 @@ def load_section(loads) -> list[str]:
 def peers_section(peers) -> list[str]:
   has_datarax = any("datarax_get_batch_rps" in r for r in peers["throughput"])
   L = ["## 5. Against the loaders users would pick instead (`benchmarks/peers.py`)\n",
-       "One shuffled epoch of the same PNG datasets. tfds_jax reads the split it loaded with `tfds_jax.load` (in memory); tf.data is `as_dataset().shuffle(10000).batch(B).prefetch(2)` through `tfds.as_numpy`, its first epoch, decoding the same files; Grain is `MapDataset.source(records).shuffle(seed).batch(B)` over the same in-memory arrays; datarax 0.1.4 (a separate environment) is its `MemorySource(shuffle=True)` over the same arrays (its TFDS loader cannot load a 60,000-record split in reasonable time). Every peer's batches are put on the JAX device.\n"]
+       "One shuffled epoch of the same PNG datasets. tfds_jax reads the split it loaded with `tfds_jax.load` (in memory); tf.data is `as_dataset().shuffle(10000).batch(B).prefetch(2)` through `tfds.as_numpy`, its first epoch, decoding the same files; Grain is `MapDataset.source(records).shuffle(seed).batch(B)` over the same in-memory arrays; datarax 0.1.4 (a separate environment) is its `MemorySource(shuffle=True)` over the same arrays (its TFDS loader cannot load a 60,000-record split in reasonable time). Every peer's batches are put on the JAX device. The fori-loop columns also consume each batch (a sum over it, as in section 1) while the per-step and peer columns only produce batches, which is why per-step can read faster than the fused loop.\n"]
   head = "| dataset | B | tfds_jax next_batch (fori) | tfds_jax per-step | limit | tf.data | Grain |"
   sep = "|---|---|---|---|---|---|---|"
   if has_datarax:
