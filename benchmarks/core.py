@@ -210,7 +210,7 @@ def batch_at_scaling(sizes, batch_size: int, repeats: int, seed: int = 7) -> lis
     data = {"x": jnp.asarray(np.random.default_rng(0).integers(0, 256, (n, 16), dtype=np.uint8))}
     steps = 200
     _, _, ba_loop = fori_loops(batch_size, steps)
-    t = compare({"batch_at": lambda: ba_loop(data, jnp.uint32(seed))}, repeats)["batch_at"]
+    t = compare({"batch_at": lambda data=data: ba_loop(data, jnp.uint32(seed))}, repeats)["batch_at"]
     row = {"figure": "batch_at_n", "num_records": n, "batch_size": batch_size,
            "ns_per_record": t / (steps * batch_size) * 1e9}
     print(json.dumps(row), flush=True)
@@ -257,11 +257,11 @@ def main() -> None:
   parser.add_argument("--quick", action="store_true", help="fewer repeats and sizes (smoke run)")
   args = parser.parse_args()
   repeats = 3 if args.quick else 9
-  machine = globals()["machine"]()
-  log(f"[core benchmarks] {machine}")
+  where = machine()
+  log(f"[core benchmarks] {where}")
   mnist = make_arrays(60_000, (28, 28, 1))
   cifar = make_arrays(50_000, (32, 32, 3))
-  results = {"machine": machine, "throughput": [], "stall": [], "batch_at_n": []}
+  results = {"machine": where, "throughput": [], "stall": [], "batch_at_n": []}
   results["throughput"] += throughput("mnist-shaped 60000x28x28x1", mnist, (128, 1024), repeats)
   results["throughput"] += throughput("cifar-shaped 50000x32x32x3", cifar, (128, 1024), repeats)
   results["stall"].append(stall("mnist-shaped 60000x28x28x1", mnist, 128))

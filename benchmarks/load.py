@@ -28,7 +28,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"

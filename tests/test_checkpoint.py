@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import tfds_jax
 from tfds_jax import from_arrays, init, next_batch, state_from_dict, state_to_dict
 
 

@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
   args = parser().parse_args(argv)
   logger = logging.getLogger("tfds_jax")
   logger.setLevel(logging.INFO)
-  logger.addHandler(logging.StreamHandler(sys.stderr))
+  if not logger.handlers:  # main() may run more than once in a process
+    logger.addHandler(logging.StreamHandler(sys.stderr))
   from tfds_jax import _demo, _tfds  # pylint: disable=import-outside-toplevel
   try:
     if args.command == "demo":
