@@ -5,6 +5,8 @@ made by upscaling scikit-learn's real 8x8 digits with random shifts and noise
 (so they compress and decode like handwriting, not like noise).
 ``bench_cifar``: 50,000 train / 10,000 test records of 32x32x3 uint8 images,
 smooth random colour fields with noise.
+``bench_large``: 12,800 train records of raw 224x224x3 uint8 images (1.9 GB,
+ImageNet-sized records), prepared as ArrayRecord only, for streaming memory.
 
 Run ``python benchmarks/datasets.py`` to prepare both under
 ``benchmarks/data`` (or ``$BENCH_DATA_DIR``); the benchmarks call
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 DATA_DIR = Path(os.environ.get("BENCH_DATA_DIR", Path(__file__).parent / "data"))
+LARGE_RECORDS = 12_800
 
 
 def _mnist_like(i: int, digits, targets) -> tuple[np.ndarray, int]:
@@ -90,7 +93,31 @@ def builders():
         image, label = _cifar_like(i)
         yield i, {"image": image, "label": label}
 
-  return {"bench_mnist": BenchMnist, "bench_cifar": BenchCifar}
+  class BenchLarge(tfds.core.GeneratorBasedBuilder):
+    """ImageNet-sized raw records: 224x224x3 uint8, 10 classes, 1.9 GB."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return self.dataset_info_from_configs(
+          description="Large raw-image records for streaming-memory benchmarks.",
+          features=tfds.features.FeaturesDict({
+              "image": tfds.features.Tensor(shape=(224, 224, 3), dtype=np.uint8,
+                                            encoding=tfds.features.Encoding.BYTES),
+              "label": tfds.features.ClassLabel(num_classes=10)}),
+          supervised_keys=("image", "label"))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(LARGE_RECORDS)}
+
+    def _generate_examples(self, n):
+      pool = np.random.default_rng(0).integers(0, 256, (16, 224, 224, 3), dtype=np.uint8)
+      for i in range(n):
+        image = pool[i % 16].copy()
+        image[0, 0] = (i % 256, i // 256 % 256, i // 65536)  # every record distinct
+        yield i, {"image": image, "label": i % 10}
+
+  return {"bench_mnist": BenchMnist, "bench_cifar": BenchCifar, "bench_large": BenchLarge}
 
 
 def prepare(names=("bench_mnist", "bench_cifar"), file_format: str = "tfrecord") -> Path:

@@ -4,8 +4,9 @@
    ArrayRecord copy for the streaming figures) under benchmarks/data, once;
 2. creates benchmarks/.datarax-venv with datarax 0.1.4 for the peer comparison,
    once (skip with --no-datarax);
-3. runs core.py, load.py (both datasets) and peers.py, each writing JSON and a
-   plot under benchmarks/results;
+3. runs core.py, load.py (both datasets), peers.py, streaming.py (which
+   also builds bench_large, 1.9 GB, once) and training.py, each writing JSON
+   and a plot under benchmarks/results;
 4. writes BENCHMARKS.md (report.py).
 
 Run: python benchmarks/run_all.py [--quick] [--no-datarax]
@@ -70,6 +71,10 @@ def main() -> None:
     run("benchmarks/load.py", "--dataset", name, "--repeats", "1" if args.quick else "3")
   step("figure 5: against tf.data, Grain and datarax (peers.py)")
   run("benchmarks/peers.py", *quick, *([] if not datarax else datarax))
+  step("figure 6: streaming from disk against tf.data and Grain, stall, memory (streaming.py)")
+  run("benchmarks/streaming.py", *quick)
+  step("figure 7: training in one fori_loop against a Python loop (training.py)")
+  run("benchmarks/training.py", *quick)
   step("writing BENCHMARKS.md")
   run("benchmarks/report.py")
 

@@ -54,10 +54,20 @@ def test_info_and_prepare_commands(tmp_path, capsys, monkeypatch):
   assert "did you mean digits" in capsys.readouterr().err
 
 
-def test_array_record_prepared_data_is_a_clear_error(tmp_path, capsys, monkeypatch):
+def test_array_record_prepared_data_loads_and_info_says_how_it_would_stream(tmp_path, capsys, monkeypatch):
   monkeypatch.setenv("TFDS_JAX_CACHE_DIR", str(tmp_path / "cache"))
   data = str(tmp_path / "ar")
   assert cli.main(["prepare", "digits", "--data-dir", data, "--file-format", "array_record"]) == 0
+  assert cli.main(["info", "digits", "--data-dir", data]) == 0
+  out = capsys.readouterr().out
+  assert "files: array_record" in out and "fits in memory, from_tfds would load it eagerly" in out
+  from tfds_jax import _tfds
+  monkeypatch.setattr(_tfds, "memory_budget", lambda: (100, "a test budget"))
+  assert cli.main(["info", "digits", "--data-dir", data]) == 0
+  assert "does not fit the budget, from_tfds would stream it (random access: ArrayRecord files)" in capsys.readouterr().out
+  import numpy as np
   import tfds_jax
-  with pytest.raises(ValueError, match=r"Expected 'digits' prepared as TFRecord files for an eager load, got ArrayRecord files.*tfds-jax prepare digits --file-format tfrecord"):
-    tfds_jax.load("digits", "train", data_dir=data)
+  from_ar = tfds_jax.load("digits", "test", data_dir=data, cache=False)
+  from_tfrecord = tfds_jax.load("digits", "test", data_dir=str(tmp_path / "tfrecord"), cache=False)
+  for k in from_ar.data:
+    np.testing.assert_array_equal(np.asarray(from_ar.data[k]), np.asarray(from_tfrecord.data[k]))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 README = (Path(__file__).parent.parent / "README.md").read_text()
 BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
-OFFLINE = [b for b in BLOCKS if '"mnist"' not in b]  # loading mnist needs a download
+OFFLINE = [b for b in BLOCKS if '"mnist"' not in b and '"imagenet2012"' not in b]  # these need a download
 
 
 def test_readme_has_offline_examples():

@@ -16,6 +16,9 @@ from tfds_jax._source import from_arrays
 from tfds_jax._source import init
 from tfds_jax._source import next_batch
 from tfds_jax._source import record_indices
+from tfds_jax._stream import Stream
+from tfds_jax._stream import from_tfds
+from tfds_jax._stream import stream
 from tfds_jax._tfds import DatasetInfoRef
 from tfds_jax._tfds import info
 from tfds_jax._tfds import load
@@ -31,10 +34,12 @@ __all__ = [
     "PRNGKey",
     "Source",
     "SourceState",
+    "Stream",
     "as_seed",
     "batch_at",
     "element_spec",
     "from_arrays",
+    "from_tfds",
     "index_shuffle",
     "info",
     "init",
@@ -44,4 +49,5 @@ __all__ = [
     "record_indices",
     "state_from_dict",
     "state_to_dict",
+    "stream",
 ]

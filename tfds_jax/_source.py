@@ -157,7 +157,8 @@ def element_spec(source: Source | Mapping[str, jax.Array]) -> dict[str, jax.Shap
   """Returns the shape and dtype of one record, per feature.
 
   Args:
-    source: a :class:`Source` or a dict of arrays with a leading record axis.
+    source: a :class:`Source`, a dict of arrays with a leading record axis, or
+      a :class:`Stream`.
 
   Returns:
     feature name -> ``jax.ShapeDtypeStruct`` of a single record.
@@ -167,8 +168,15 @@ def element_spec(source: Source | Mapping[str, jax.Array]) -> dict[str, jax.Shap
     >>> tfds_jax.element_spec(tfds_jax.from_arrays({"x": np.zeros((4, 2), np.float32)}))
     {'x': ShapeDtypeStruct(shape=(2,), dtype=float32)}
   """
+  if _is_stream(source):
+    return source.element_spec()
   data = source.data if isinstance(source, Source) else source
   return {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in data.items()}
+
+
+def _is_stream(source: Any) -> bool:
+  """Streams (``_stream.Stream``) read files and carry their own batch methods."""
+  return not isinstance(source, (Source, Mapping)) and hasattr(source, "next_batch")
 
 
 def as_seed(seed: int | jax.typing.ArrayLike) -> jax.Array:
@@ -339,7 +347,8 @@ def batch_at(
   ``batch_at(data, k * batch_size, batch_size, state.seed)``.
 
   Args:
-    data: a :class:`Source` or a dict of arrays with a leading record axis.
+    data: a :class:`Source`, a dict of arrays with a leading record axis, or a
+      random-access :class:`Stream` (read from disk, outside ``jit``).
     start: the first logical position: a Python int of any size, or an integer
       scalar array (may be traced; with x64 disabled it must stay below
       ``2**31``, so for very long runs pass the int or use :func:`next_batch`).
@@ -360,6 +369,8 @@ def batch_at(
     >>> tfds_jax.batch_at(src, 3, 4)["x"].tolist()
     [3, 4, 0, 1]
   """
+  if _is_stream(data):
+    return data.batch_at(start, size, seed)
   arrays = data.data if isinstance(data, Source) else data
   n = _num_records(arrays)
   if isinstance(start, (int, np.integer)):
@@ -390,8 +401,11 @@ def next_batch(
   your own ``jit``, ``lax.scan`` or ``lax.fori_loop`` it is inlined and traces
   once.
 
+  A :class:`Stream` is accepted too: it reads the batch from disk (outside
+  ``jit``), with the same state and the same promise.
+
   Args:
-    source: the :class:`Source` (or dict of arrays) to read.
+    source: the :class:`Source` (or dict of arrays, or :class:`Stream`) to read.
     state: the current :class:`SourceState`, from :func:`init` or a previous call.
     batch_size: records per batch, a static Python int in ``[1, num_records]``.
 
@@ -411,6 +425,8 @@ def next_batch(
     >>> batch["x"].tolist(), int(state.epoch), int(state.index)
     ([4, 0, 1, 2], 1, 3)
   """
+  if _is_stream(source):
+    return source.next_batch(state, batch_size)
   arrays = source.data if isinstance(source, Source) else source
   _check_batch_size(_num_records(arrays), batch_size)
   batch, epoch, index = _next(arrays, state.epoch, state.index, batch_size, state.seed)

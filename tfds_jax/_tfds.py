@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping
 import jax
 import numpy as np
 
+from tfds_jax import _array_record
 from tfds_jax import _cache
 from tfds_jax._source import Source, from_arrays
 
@@ -226,7 +227,7 @@ def describe(name: str, *, data_dir: str | os.PathLike | None = None) -> str:
   record_bytes, fixed = 0, True
   for key, feature in info.features.items():
     tensors = feature.get_tensor_info()
-    leaves = dict(_flatten_dict(tensors, key)) if isinstance(tensors, Mapping) else {key: tensors}
+    leaves = dict(flatten_dict(tensors, key)) if isinstance(tensors, Mapping) else {key: tensors}
     for path, t in leaves.items():
       shape = tuple(t.shape)
       numeric = np.dtype(t.np_dtype).kind not in "OSU"
@@ -241,14 +242,17 @@ def describe(name: str, *, data_dir: str | os.PathLike | None = None) -> str:
   if info.supervised_keys:
     lines.append(f"supervised keys: {info.supervised_keys}")
   budget, where = memory_budget()
-  lines.append(f"splits (memory budget for eager loading: {_human(budget)}, {where}):")
+  stream = ("random access: ArrayRecord files" if file_format(b) == "array_record"
+            else "tf.data: TFRecord files")
+  lines.append(f"splits (memory budget for eager loading: {human(budget)}, {where}; files: {file_format(b)}):")
   for split, split_info in sorted(info.splits.items()):
     nbytes = record_bytes * split_info.num_examples
-    if fixed:
-      fits = "fits in memory" if nbytes <= budget else "does not fit the budget"
-      size = f", {_human(nbytes)} decoded: {fits}"
+    if not fixed:
+      size = f", variable-shape: from_tfds would stream it ({stream}; batch it with preprocess=)"
+    elif nbytes <= budget:
+      size = f", {human(nbytes)} decoded: fits in memory, from_tfds would load it eagerly"
     else:
-      size = ", variable-shape: not loadable eagerly"
+      size = f", {human(nbytes)} decoded: does not fit the budget, from_tfds would stream it ({stream})"
     lines.append(f"  {split}: {split_info.num_examples:,} records{size}")
   return "\n".join(lines)
 
@@ -262,19 +266,31 @@ def memory_budget() -> tuple[int, str]:
   Returns:
     ``(bytes, description)``.
   """
+  total, _, where = _memory()
+  fraction = 0.25 if where == "host" else 0.10
+  return int(total * fraction), f"{fraction:.0%} of {'available host' if where == 'host' else where} memory"
+
+
+def memory_free() -> tuple[int, str]:
+  """Bytes free now on the default device (accelerator, or host RAM), and its name."""
+  _, free, where = _memory()
+  return free, f"free {'host' if where == 'host' else where} memory"
+
+
+def _memory() -> tuple[int, int, str]:
   device = jax.devices()[0]
   stats = device.memory_stats() if device.platform != "cpu" else None
   if stats and stats.get("bytes_limit"):
-    return int(stats["bytes_limit"] * 0.10), f"10% of {device.device_kind} memory"
+    return int(stats["bytes_limit"]), int(stats["bytes_limit"] - stats.get("bytes_in_use", 0)), device.device_kind
   try:
     with open("/proc/meminfo") as f:
       available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable"))
   except (OSError, StopIteration):
     available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-  return int(available * 0.25), "25% of available host memory"
+  return available, available, "host"
 
 
-def _human(nbytes: float) -> str:
+def human(nbytes: float) -> str:
   for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
     if nbytes < 1024 or unit == "TiB":
       return f"{nbytes:.1f} {unit}"
@@ -374,14 +390,70 @@ def _dataset(b, split: str, keys: list[str], decoders: Mapping[str, Any] | None,
                       batch_size=batch_size)
 
 
-def _flatten_dict(d: Mapping[str, Any], prefix: str = ""):
+def flatten_dict(d: Mapping[str, Any], prefix: str = ""):
   """Yields ("parent/child", leaf) pairs of a nested dict."""
   for k, v in d.items():
     path = f"{prefix}/{k}" if prefix else k
     if isinstance(v, Mapping):
-      yield from _flatten_dict(v, path)
+      yield from flatten_dict(v, path)
     else:
       yield path, v
+
+
+def strings_to_drop(spec: Mapping[str, Any], asked: set[str], label: str) -> list[str]:
+  """The flat string features of ``spec`` (name -> TensorSpec), to be dropped.
+
+  Warns about them; raises when one was asked for by name (include_keys or
+  as_supervised), since JAX arrays cannot hold strings.
+  """
+  tf, _ = import_tf()
+  strings = sorted(k for k, s in spec.items() if s.dtype == tf.string)
+  asked_strings = [k for k in strings if k.split("/")[0] in asked]
+  if asked_strings:
+    raise ValueError(
+        f"Expected numeric features, got string feature(s) {asked_strings} of {label},"
+        " which you asked for by name; JAX arrays cannot hold strings: leave them out,"
+        " map them to ids with a decoder, or read them with tfds directly."
+    )
+  if strings:
+    warnings.warn(f"tfds_jax: dropping string feature(s) {strings} of {label}:"
+                  " JAX arrays cannot hold strings (exclude_keys silences this).", stacklevel=4)
+  return strings
+
+
+def check_fixed_shapes(spec: Mapping[str, Any], label: str, what: str, peek, fix: str) -> None:
+  """Raises for features of ``spec`` whose shape is not fixed, naming shapes seen.
+
+  Args:
+    spec: flat name -> TensorSpec (or RaggedTensorSpec).
+    label: ``name[split]`` for messages.
+    what: the kind of source, for messages ("an eager source").
+    peek: a callable returning a few decoded flat records (numpy) to show shapes.
+    fix: what the user can pass to make them fixed.
+  """
+  tf, _ = import_tf()
+  ragged = sorted(k for k, s in spec.items()
+                  if not isinstance(s, tf.TensorSpec) or s.shape.rank is None or None in s.shape.as_list())
+  if not ragged:
+    return
+  seen = {k: set() for k in ragged}
+  for flat in peek():
+    for k in ragged:
+      seen[k].add(tuple(flat[k].shape if hasattr(flat[k], "shape") else np.shape(flat[k])))
+  shapes = {k: sorted(v)[:5] for k, v in seen.items()}
+  raise ValueError(
+      f"Expected fixed-shape features in {what}, got variable-shape feature(s) of {label}:"
+      f" {', '.join(f'{k} (spec {tuple(spec[k].shape)}, shapes seen {shapes[k]})' for k in ragged)};"
+      f" {fix}, or leave them out with exclude_keys={sorted({k.split('/')[0] for k in ragged})}."
+  )
+
+
+_EAGER_FIX = "pass a decoder that resizes or pads them (decoders={...}), stream the dataset instead"
+
+
+def file_format(b) -> str:
+  """``"tfrecord"`` or ``"array_record"``: how ``b``'s dataset was prepared."""
+  return str(getattr(b.info.file_format, "value", b.info.file_format) or "tfrecord")
 
 
 def _check_specs(b, split: str, keys: list[str], decoders, asked: set[str]):
@@ -391,47 +463,49 @@ def _check_specs(b, split: str, keys: list[str], decoders, asked: set[str]):
   asked for by name; variable-shape features are rejected.
   """
   tf, tfds = import_tf()
+  label = f"{b.name}[{split}]"
   ds = _dataset(b, split, keys, decoders)
-  spec = dict(_flatten_dict(ds.element_spec))
-  strings = sorted(k for k, s in spec.items() if s.dtype == tf.string)
-  asked_strings = [k for k in strings if k.split("/")[0] in asked]
-  if asked_strings:
-    raise ValueError(
-        f"Expected numeric features in an eager source, got string feature(s) {asked_strings}"
-        f" of {b.name}[{split}], which you asked for by name; JAX arrays cannot hold"
-        " strings: leave them out, map them to ids with a decoder, or read them with"
-        " tfds directly."
-    )
+  spec = dict(flatten_dict(ds.element_spec))
+  strings = strings_to_drop(spec, asked, label)
   if strings:
     string_tops = {k.split("/")[0] for k in strings}
-    warnings.warn(f"tfds_jax: dropping string feature(s) {strings} of {b.name}[{split}]:"
-                  " JAX arrays cannot hold strings (exclude_keys silences this).", stacklevel=3)
     if any(k.split("/")[0] in string_tops for k in spec if k not in strings):
       raise ValueError(
-          f"Expected nested features {sorted(string_tops)} of {b.name}[{split}] to be all"
+          f"Expected nested features {sorted(string_tops)} of {label} to be all"
           f" numeric or all strings, got a mix; exclude them with exclude_keys={sorted(string_tops)}.")
     keys = [k for k in keys if k not in string_tops]
     if not keys:
-      raise ValueError(f"Expected a numeric feature in {b.name}[{split}], got only strings {strings};"
+      raise ValueError(f"Expected a numeric feature in {label}, got only strings {strings};"
                        " map them to ids with a decoder.")
     ds = _dataset(b, split, keys, decoders)
-    spec = dict(_flatten_dict(ds.element_spec))
-  ragged = sorted(k for k, s in spec.items()
-                  if not isinstance(s, tf.TensorSpec) or s.shape.rank is None or None in s.shape.as_list())
-  if ragged:
-    seen = {k: set() for k in ragged}
-    for example in tfds.as_numpy(ds.take(8)):
-      flat = dict(_flatten_dict(example))
-      for k in ragged:
-        seen[k].add(tuple(np.shape(flat[k])))
-    shapes = {k: sorted(v)[:5] for k, v in seen.items()}
-    raise ValueError(
-        f"Expected fixed-shape features in an eager source, got variable-shape"
-        f" feature(s) of {b.name}[{split}]: {', '.join(f'{k} (spec {tuple(spec[k].shape)}, shapes seen {shapes[k]})' for k in ragged)};"
-        f" pass a decoder that resizes or pads them (decoders={{...}}), leave them out"
-        f" with exclude_keys={sorted({k.split('/')[0] for k in ragged})}, or stream the dataset instead."
-    )
+    spec = dict(flatten_dict(ds.element_spec))
+  check_fixed_shapes(
+      spec, label, "an eager source",
+      lambda: [dict(flatten_dict(e)) for e in tfds.as_numpy(ds.take(8))],
+      _EAGER_FIX)
   return keys, {k: (tuple(s.shape.as_list()), s.dtype.as_numpy_dtype) for k, s in spec.items()}
+
+
+def tf_error_text(error) -> str:
+  """The line of a TensorFlow error that says what went wrong (not where)."""
+  lines = [line.strip() for line in error.message.splitlines() if line.strip()]
+  noise = ("Graph execution error", "Detected at node", "File ", "[[")
+  useful = [line for line in lines if not line.startswith(noise)]
+  return (useful or lines or ["(no message)"])[0][:500]
+
+
+def to_jax_dtype(key: str, value: np.ndarray, target: np.dtype, label: str) -> np.ndarray:
+  """``value`` in ``target`` dtype; integers that do not fit are an error, never wrapped."""
+  if value.dtype == target:
+    return value
+  if np.issubdtype(value.dtype, np.integer) and value.size:
+    bounds = np.iinfo(target)
+    if value.min() < bounds.min or value.max() > bounds.max:
+      raise ValueError(
+          f"Expected feature {key!r} of {label} to fit {target} (JAX's integer type"
+          f" with x64 disabled), got values in [{value.min()}, {value.max()}]; enable"
+          " jax_enable_x64 before loading, or exclude the feature.")
+  return value.astype(target)
 
 
 def _read_all(b, split: str, keys: list[str], decoders, n: int | None, specs: Mapping[str, Any],
@@ -458,23 +532,17 @@ def _read_all(b, split: str, keys: list[str], decoders, n: int | None, specs: Ma
   with tqdm(total=n, desc=f"loading {label}", unit=" records", unit_scale=True, delay=1.0,
             file=sys.stderr, leave=False) as bar:
     for nested in tfds.as_numpy(_dataset(b, split, keys, decoders, batch_size=chunk)):
-      batch = dict(_flatten_dict(nested))
+      batch = dict(flatten_dict(nested))
       m = len(next(iter(batch.values())))
       if n is not None and pos + m > n:
         raise RuntimeError(f"Expected {n} records in {label} (from its dataset info), got more;"
                            " the prepared files disagree with their metadata: prepare it again.")
       for k, v in batch.items():
-        if v.dtype != target[k] and np.issubdtype(v.dtype, np.integer) and v.size:
-          bounds = np.iinfo(target[k])
-          if v.min() < bounds.min or v.max() > bounds.max:
-            raise ValueError(
-                f"Expected feature {k!r} of {label} to fit {target[k]} (JAX's integer type"
-                f" with x64 disabled), got values in [{v.min()}, {v.max()}]; enable"
-                " jax_enable_x64 before loading, or exclude the feature.")
+        v = to_jax_dtype(k, v, target[k], label)
         if n is not None:
           out[k][pos:pos + m] = v
         else:
-          pieces[k].append(v.astype(target[k]))
+          pieces[k].append(v)
       pos += m
       bar.update(m)
   if n is None:
@@ -585,33 +653,45 @@ def load(
   ensure_prepared(b, download=download, local_files_only=local_files_only,
                   download_and_prepare_kwargs=download_and_prepare_kwargs,
                   beam_num_workers=beam_num_workers)
-  fmt = getattr(b.info.file_format, "value", b.info.file_format)
-  if fmt == "array_record":
-    raise ValueError(
-        f"Expected {b.name!r} prepared as TFRecord files for an eager load, got ArrayRecord files"
-        f" in {b.data_dir}, which TFDS reads only one record at a time; prepare a TFRecord copy"
-        f" with `tfds-jax prepare {b.name} --file-format tfrecord --data-dir OTHER_DIR` and load"
-        " from that data_dir."
-    )
   num_records = _split_size(b, split)
   keys, asked = select_keys(b, as_supervised=as_supervised, include_keys=include_keys,
                             exclude_keys=exclude_keys, decoders=decoders)
   config = b.builder_config.name if b.builder_config else None
-  full_name = b.name if config is None else f"{b.name}/{config}"
-  label = f"{full_name}[{split}]"
-  keys, specs = _check_specs(b, split, keys, decoders, asked)
+  label = f"{full_name(b)}[{split}]"
   tree = _dataset_tree(b)
   fingerprint = _cache.tree_fingerprint(tree) if use_cache else ""  # of the files decoded below
   start = time.perf_counter()
-  arrays = _read_all(b, split, keys, decoders, num_records, specs, label)
+  if file_format(b) == "array_record":
+    reader = _array_record.RandomAccessReader(
+        b, split, keys, decoders=decoders, preprocess=None, asked=asked, label=label,
+        what="an eager source", fix=_EAGER_FIX)
+    try:
+      arrays = _array_record.read_all(reader)
+    finally:
+      reader.close()
+    keys = [k for k in keys if any(f.split("/")[0] == k for f in arrays)]
+  else:
+    keys, specs = _check_specs(b, split, keys, decoders, asked)
+    arrays = _read_all(b, split, keys, decoders, num_records, specs, label)
   log.info("tfds_jax: decoded %s in %.2fs", label, time.perf_counter() - start)
-  info_dir = os.fspath(b.data_dir)
-  _INFOS[info_dir] = b.info
+  ref = info_ref(b)
   if use_cache:
-    extra = {"name": full_name, "version": str(b.version), "config": config, "keys": keys,
-             "info_dir": info_dir}
+    extra = {"name": full_name(b), "version": str(b.version), "config": config, "keys": keys,
+             "info_dir": ref.data_dir}
     _cache.write_async(key, arrays, tree, fingerprint, extra)
-  return from_arrays(arrays, name=full_name, split=split, info=DatasetInfoRef(info_dir), device=device)
+  return from_arrays(arrays, name=full_name(b), split=split, info=ref, device=device)
+
+
+def full_name(b) -> str:
+  """``"name"`` or ``"name/config"`` of a builder."""
+  return b.name if b.builder_config is None else f"{b.name}/{b.builder_config.name}"
+
+
+def info_ref(b) -> DatasetInfoRef:
+  """The hashable reference to ``b``'s DatasetInfo that sources carry."""
+  ref = DatasetInfoRef(os.fspath(b.data_dir))
+  _INFOS[ref.data_dir] = b.info
+  return ref
 
 
 def _as_set(keys: Iterable[str] | str) -> set[str]:

@@ -1,0 +1,313 @@
+"""stream() and from_tfds(): same order as the eager source, exact resume, clean shutdown, clear errors."""
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+
+import jax
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tfds_builders
+import tfds_jax
+from tfds_jax import _stream
+
+N = tfds_builders.TRAIN
+TESTS = os.path.dirname(os.path.abspath(__file__))
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+  """The toy datasets prepared twice: as TFRecord and as ArrayRecord."""
+  tfrecord, array_record = tmp_path_factory.mktemp("tfrecord"), tmp_path_factory.mktemp("array_record")
+  for cls in (tfds_builders.ToyImages, tfds_builders.ToyRagged):
+    cls(data_dir=tfrecord).download_and_prepare()
+    cls(data_dir=array_record).download_and_prepare(file_format="array_record")
+  return {"tfrecord": tfrecord, "array_record": array_record}
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+  monkeypatch.setenv("TFDS_JAX_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def eager(dirs):
+  return tfds_jax.load("toy_images", "train", data_dir=dirs["tfrecord"], exclude_keys=["id"], cache=False)
+
+
+@pytest.fixture(scope="module")
+def ra(dirs):
+  with tfds_jax.stream("toy_images", "train", data_dir=dirs["array_record"], exclude_keys=["id"]) as s:
+    yield s
+
+
+def _equal(a, b):
+  assert a.keys() == b.keys()
+  for k in a:
+    np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)
+
+
+def _run(source, state, batch_size, steps):
+  out = []
+  for _ in range(steps):
+    batch, state = tfds_jax.next_batch(source, state, batch_size)
+    out.append(batch)
+  return out, state
+
+
+def test_spec_and_metadata(ra, eager):
+  assert tfds_jax.element_spec(ra) == tfds_jax.element_spec(eager)
+  assert (ra.num_records, ra.name, ra.split, ra.mode) == (N, "toy_images", "train", "random_access")
+  assert tfds_jax.info(ra).features["label"].names == ["a", "b", "c"]
+  assert "random_access" in repr(ra) and "uint8[8, 8, 1]" in repr(ra)
+
+
+def test_eager_load_of_array_record_files_equals_tfrecord(dirs, eager):
+  from_ar = tfds_jax.load("toy_images", "train", data_dir=dirs["array_record"], exclude_keys=["id"], cache=False)
+  _equal(from_ar.data, eager.data)
+
+
+@settings(max_examples=10)
+@given(seed=st.integers(0, 2**32 - 1), batch_size=st.integers(1, N), steps=st.integers(1, 7),
+       shuffle=st.booleans())
+def test_random_access_order_equals_eager(ra, eager, seed, batch_size, steps, shuffle):
+  streamed, s_state = _run(ra, tfds_jax.init(ra, seed=seed, shuffle=shuffle), batch_size, steps)
+  loaded, e_state = _run(eager, tfds_jax.init(eager, seed=seed, shuffle=shuffle), batch_size, steps)
+  for a, b in zip(streamed, loaded):
+    _equal(a, b)
+  assert (int(s_state.epoch), int(s_state.index)) == (int(e_state.epoch), int(e_state.index))
+  start = seed % (3 * N)
+  _equal(tfds_jax.batch_at(ra, start, batch_size, seed if shuffle else None),
+         tfds_jax.batch_at(eager, start, batch_size, seed if shuffle else None))
+
+
+def test_jumps_and_repeats_give_the_batch_of_the_state(ra, eager):
+  state = tfds_jax.init(ra, seed=5, shuffle=True)
+  first, after = tfds_jax.next_batch(ra, state, 8)
+  again, _ = tfds_jax.next_batch(ra, state, 8)  # same state: same batch
+  _equal(first, again)
+  jump = tfds_jax.SourceState(epoch=np.int32(3), index=np.int32(17), seed=state.seed)
+  for st_ in (jump, after, jump):  # the read-ahead is dropped and restarted each time
+    _equal(tfds_jax.next_batch(ra, st_, 8)[0], tfds_jax.next_batch(eager, st_, 8)[0])
+
+
+@pytest.mark.parametrize("threads,read_ahead", [(1, 0), (1, 3), (4, 1)])
+def test_results_do_not_depend_on_threads(dirs, eager, threads, read_ahead):
+  with tfds_jax.stream("toy_images", "train", data_dir=dirs["array_record"], exclude_keys=["id"],
+                       num_threads=threads, read_ahead=read_ahead) as s:
+    streamed, _ = _run(s, tfds_jax.init(s, seed=9, shuffle=True), 7, 13)
+  loaded, _ = _run(eager, tfds_jax.init(eager, seed=9, shuffle=True), 7, 13)
+  for a, b in zip(streamed, loaded):
+    _equal(a, b)
+
+
+def test_options_behave_as_in_the_eager_source(dirs):
+  d = dirs["array_record"]
+  for kwargs in (dict(as_supervised=True), dict(include_keys=["meta", "label"]), dict(exclude_keys={"image", "id"})):
+    loaded = tfds_jax.load("toy_images", "test", data_dir=dirs["tfrecord"], cache=False, **kwargs)
+    with tfds_jax.stream("toy_images", "test", data_dir=d, **kwargs) as s:
+      _equal(tfds_jax.batch_at(s, 0, s.num_records), loaded.data)
+  with tfds_jax.stream("toy_images", "train[5:15]", data_dir=d, as_supervised=True) as s:
+    sliced = tfds_jax.load("toy_images", "train[5:15]", data_dir=dirs["tfrecord"], as_supervised=True, cache=False)
+    assert s.num_records == 10
+    _equal(tfds_jax.batch_at(s, 0, 10), sliced.data)
+
+
+def test_strings_are_dropped_with_a_warning_or_refused_by_name(dirs):
+  with pytest.warns(UserWarning, match=r"dropping string feature\(s\) \['id'\]"):
+    with tfds_jax.stream("toy_images", "train", data_dir=dirs["array_record"]) as s:
+      assert "id" not in tfds_jax.element_spec(s)
+  for mode in dirs:
+    with pytest.raises(ValueError, match=r"string feature\(s\) \['id'\] of toy_images\[train\], which you asked for by name"):
+      tfds_jax.stream("toy_images", "train", data_dir=dirs[mode], include_keys=["id", "label"])
+
+
+def _resize(record):
+  return {**record, "image": tf.image.resize_with_crop_or_pad(record["image"], 4, 4)}
+
+
+@pytest.mark.parametrize("mode", ["array_record", "tfrecord"])
+def test_variable_shapes_need_a_preprocess_stage(dirs, mode):
+  with pytest.raises(ValueError, match=r"fixed-shape features in a stream, got variable-shape feature\(s\) of toy_ragged\[train\]: image \(spec \(None, None, 1\), shapes seen \[\(4, 5, 1\)") as e:
+    tfds_jax.stream("toy_ragged", "train", data_dir=dirs[mode])
+  assert "preprocess=" in str(e.value) and "exclude_keys=['image']" in str(e.value)
+  with tfds_jax.stream("toy_ragged", "train", data_dir=dirs[mode], preprocess=_resize) as s:
+    assert tfds_jax.element_spec(s)["image"].shape == (4, 4, 1)
+    batch, _ = tfds_jax.next_batch(s, tfds_jax.init(s), 10)
+  images, labels = np.asarray(batch["image"]), np.asarray(batch["label"])
+  fills = images[:, 0, 0, 0]  # record i is filled with i
+  np.testing.assert_array_equal(images, np.broadcast_to(fills[:, None, None, None], images.shape))
+  np.testing.assert_array_equal(np.sort(fills), np.arange(10))
+  np.testing.assert_array_equal(fills % 2, labels)
+
+
+def test_tf_data_stream_unshuffled_equals_eager(dirs, eager):
+  with tfds_jax.stream("toy_images", "train", data_dir=dirs["tfrecord"], exclude_keys=["id"]) as s:
+    assert s.mode == "tf.data"
+    assert tfds_jax.element_spec(s) == tfds_jax.element_spec(eager)
+    streamed, _ = _run(s, tfds_jax.init(s), 15, 6)
+  loaded, _ = _run(eager, tfds_jax.init(eager), 15, 6)
+  for a, b in zip(streamed, loaded):
+    _equal(a, b)
+
+
+def test_tf_data_stream_shuffles_each_epoch_reproducibly(dirs, eager, caplog):
+  kwargs = dict(data_dir=dirs["tfrecord"], exclude_keys=["id"], shuffle_buffer_size=16)
+  with tfds_jax.stream("toy_images", "train", **kwargs) as s, tfds_jax.stream("toy_images", "train", **kwargs) as t:
+    run, state = _run(s, tfds_jax.init(s, seed=4, shuffle=True), 10, 12)  # three epochs
+    scores = np.concatenate([np.asarray(b["score"]) for b in run]).reshape(3, N)
+    for epoch in scores:  # every epoch visits each record once
+      np.testing.assert_array_equal(np.sort(epoch), np.sort(np.asarray(eager.data["score"])))
+    assert not np.array_equal(scores[0], scores[1])  # reshuffled per epoch
+    assert not np.array_equal(scores[0], np.asarray(eager.data["score"]))
+    again, _ = _run(t, tfds_jax.init(t, seed=4, shuffle=True), 10, 12)  # same seed: same batches
+    for a, b in zip(run, again):
+      _equal(a, b)
+    # Resuming mid-epoch (a state the iterator is not at) re-reads, says so, and matches.
+    saved = tfds_jax.state_to_dict(s, tfds_jax.SourceState(np.int32(1), np.int32(20), np.uint32(4)))
+    with caplog.at_level(logging.WARNING, logger="tfds_jax"):
+      resumed, _ = _run(t, tfds_jax.state_from_dict(t, saved), 10, 6)
+    assert "by re-reading 20 records" in caplog.text and "array_record" in caplog.text
+    for a, b in zip(resumed, run[6:]):
+      _equal(a, b)
+    other, _ = _run(t, tfds_jax.init(t, seed=5, shuffle=True), 10, 4)
+    assert not np.array_equal(np.asarray(other[0]["score"]), np.asarray(run[0]["score"]))
+
+
+_RESTART = """
+import sys, numpy as np, tfds_jax
+dirs, path, phase = sys.argv[1:3], sys.argv[3], sys.argv[4]
+for i, data_dir in enumerate(dirs):
+  with tfds_jax.stream("toy_images", "train", data_dir=data_dir, exclude_keys=["id"]) as s:
+    if phase == "first":
+      state = tfds_jax.init(s, seed=11, shuffle=True)
+      for _ in range(5):
+        _, state = tfds_jax.next_batch(s, state, 6)
+      np.savez(f"{path}{i}.npz", **tfds_jax.state_to_dict(s, state))
+    else:
+      state = tfds_jax.state_from_dict(s, dict(np.load(f"{path}{i}.npz")), shuffle=True)
+      out = []
+      for _ in range(9):
+        batch, state = tfds_jax.next_batch(s, state, 6)
+        out.append(np.asarray(batch["score"]))
+      np.save(f"{path}{i}.npy", np.stack(out))
+"""
+
+
+def test_resume_after_a_process_restart(dirs, tmp_path):
+  path = str(tmp_path / "state")
+  env = {**os.environ, "PYTHONPATH": TESTS, "JAX_PLATFORMS": "cpu"}
+  modes = ["array_record", "tfrecord"]
+  for phase in ("first", "second"):
+    subprocess.run([sys.executable, "-c", _RESTART, *(str(dirs[m]) for m in modes), path, phase],
+                   env=env, check=True, capture_output=True)
+  for i, mode in enumerate(modes):
+    with tfds_jax.stream("toy_images", "train", data_dir=dirs[mode], exclude_keys=["id"]) as s:
+      uninterrupted, _ = _run(s, tfds_jax.init(s, seed=11, shuffle=True), 6, 14)
+    np.testing.assert_array_equal(np.load(f"{path}{i}.npy"),
+                                  np.stack([np.asarray(b["score"]) for b in uninterrupted[5:]]), err_msg=mode)
+
+
+def _open_files():
+  return len(os.listdir("/proc/self/fd"))
+
+
+def test_close_stops_threads_and_closes_files(dirs):
+  threads, files = threading.active_count(), _open_files()
+  with tfds_jax.stream("toy_images", "train", data_dir=dirs["array_record"], exclude_keys=["id"],
+                       num_threads=3, read_ahead=2) as s:
+    _run(s, tfds_jax.init(s, shuffle=True), 4, 5)
+    assert sum(t.name.startswith(s.thread_name) for t in threading.enumerate()) == 3
+  assert not any(t.name.startswith(s.thread_name) for t in threading.enumerate())
+  assert threading.active_count() <= threads and _open_files() <= files
+  with pytest.raises(ValueError, match="Expected an open stream, got a closed one"):
+    tfds_jax.next_batch(s, tfds_jax.init(s), 4)
+  s.close()  # closing twice is harmless
+
+
+def _fail_on_record_three(record):
+  tf.debugging.assert_none_equal(record["score"], np.float32(3 / 7.0), message="bad record")
+  return record
+
+
+@pytest.mark.parametrize("mode", ["array_record", "tfrecord"])
+def test_worker_errors_reach_the_caller(dirs, eager, mode):
+  position = int(np.flatnonzero(np.asarray(eager.data["score"]) == np.float32(3 / 7.0))[0])
+  with tfds_jax.stream("toy_images", "train", data_dir=dirs[mode], exclude_keys=["id"],
+                       preprocess=_fail_on_record_three) as s:
+    state = tfds_jax.init(s)
+    match = f"record {position} of toy_images\\[train\\]" if mode == "array_record" else "epoch 0, position 0 of toy_images\\[train\\]"
+    with pytest.raises(RuntimeError, match=match) as e:
+      tfds_jax.next_batch(s, state, N)
+    assert "bad record" in str(e.value)
+    with pytest.raises(RuntimeError):  # again, not a hang
+      tfds_jax.next_batch(s, state, N)
+
+
+def test_bad_input(dirs, ra):
+  d = dirs["array_record"]
+  with pytest.raises(ValueError, match=r"ArrayRecord files for a random-access stream .* prepare a copy"):
+    tfds_jax.stream("toy_images", "train", data_dir=dirs["tfrecord"], mode="random_access")
+  with pytest.raises(ValueError, match="such as \\['test', 'train'\\]"):
+    tfds_jax.stream("toy_images", "validation", data_dir=d)
+  with pytest.raises(ValueError, match="at most one of include_keys and exclude_keys"):
+    tfds_jax.stream("toy_images", "train", data_dir=d, include_keys=["image"], exclude_keys=["id"])
+  with pytest.raises(ValueError, match=r"got unknown \['imag'\]"):
+    tfds_jax.stream("toy_images", "train", data_dir=d, include_keys=["imag"])
+  with pytest.raises(ValueError, match="read_ahead"):
+    tfds_jax.stream("toy_images", "train", data_dir=d, read_ahead=-1)
+  with pytest.raises(FileNotFoundError, match="local_files_only"):
+    tfds_jax.stream("toy_images", "train", data_dir=d / "empty", local_files_only=True)
+  state = tfds_jax.init(ra)
+  with pytest.raises(ValueError, match=f"Expected 1 <= batch_size <= {N}"):
+    tfds_jax.next_batch(ra, state, N + 1)
+  with pytest.raises(TypeError, match="call next_batch\\(stream, ...\\) outside jit"):
+    jax.jit(lambda st_: tfds_jax.next_batch(ra, st_, 4)[0])(state)
+  with pytest.raises(ValueError, match="belongs to another dataset"):
+    tfds_jax.next_batch(ra, tfds_jax.SourceState(np.int32(0), np.int32(N), None), 4)
+  with pytest.raises(ValueError, match="saved for 10 records"):
+    small = tfds_jax.from_arrays({"x": np.arange(10)})
+    tfds_jax.state_from_dict(ra, tfds_jax.state_to_dict(small, tfds_jax.init(small)))
+  with tfds_jax.stream("toy_images", "train", data_dir=dirs["tfrecord"], exclude_keys=["id"]) as s:
+    with pytest.raises(ValueError, match="random-access stream for batch_at"):
+      tfds_jax.batch_at(s, 0, 4)
+
+
+def test_from_tfds_chooses_by_decoded_size(dirs, caplog, monkeypatch):
+  d = dirs["array_record"]
+  record = 8 * 8 + 4 + 4 + 4 + 8  # image, label, score, meta/a, meta/b (id is a string)
+  caplog.set_level(logging.INFO, logger="tfds_jax")
+  small = tfds_jax.from_tfds("toy_images", "train[:25%]", data_dir=d, exclude_keys=["id"], cache=False)
+  assert isinstance(small, tfds_jax.Source) and small.num_records == 10
+  assert f"eager: toy_images[train[:25%]] is {10 * record}.0 B decoded (10 records)" in caplog.text
+  with tfds_jax.from_tfds("toy_images", "train", data_dir=d, exclude_keys=["id"], memory_budget=100) as big:
+    assert isinstance(big, tfds_jax.Stream) and big.mode == "random_access"
+  assert f"streaming: toy_images[train] is {N * record / 1024:.1f} KiB decoded" in caplog.text
+  with tfds_jax.from_tfds("toy_images", "train", data_dir=d, eager=False, exclude_keys=["id"]) as forced:
+    assert isinstance(forced, tfds_jax.Stream)
+  assert _stream.choose("toy_ragged", "train", data_dir=d) == (
+      False, "streaming: it has variable-shape features (stream with preprocess= to batch them)")
+  with tfds_jax.from_tfds("toy_ragged", "train", data_dir=d, preprocess=_resize) as ragged:
+    assert tfds_jax.element_spec(ragged)["image"].shape == (4, 4, 1)
+  assert "streaming: preprocess= runs per record" in caplog.text
+  reads = []
+  monkeypatch.setattr(tfds_jax._array_record, "read_all", lambda *a, **k: reads.append(a))
+  with pytest.raises(ValueError, match=r"fit in memory for eager=True, got toy_images\[train\] is .* and 100.0 B of memory_budget"):
+    tfds_jax.from_tfds("toy_images", "train", data_dir=d, eager=True, memory_budget=100)
+  with pytest.raises(ValueError, match="fixed-shape features for eager=True"):
+    tfds_jax.from_tfds("toy_ragged", "train", data_dir=d, eager=True)
+  with pytest.raises(TypeError, match=r"unknown \['shuffle'\]"):
+    tfds_jax.from_tfds("toy_images", "train", data_dir=d, shuffle=True)
+  assert not reads  # refused before reading
+
+
+def test_decoded_size_of_a_sliced_split(dirs):
+  b = tfds_jax._tfds.builder("toy_images", data_dir=dirs["tfrecord"])
+  nbytes, n = _stream.decoded_bytes(b, "train[5:15]", ["image", "label"], None)
+  assert (nbytes, n) == (10 * (64 + 4), 10)

@@ -1,0 +1,181 @@
+"""Random access into TFDS splits stored as ArrayRecord: any records, by index.
+
+ArrayRecord files (``tfds-jax prepare NAME --file-format array_record``) can
+be read at any record without reading what comes before it. This module reads
+the serialized records at given indices and decodes them in one TensorFlow
+call per batch (TFDS's own per-feature decoding, run in parallel inside the
+graph), returning numpy arrays in JAX's dtypes. Streams (``_stream.py``) and
+eager loads of ArrayRecord-prepared data both read through it.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import sys
+import threading
+from typing import Any, Callable, Mapping
+
+import jax
+import numpy as np
+
+from tfds_jax import _cache
+from tfds_jax import _tfds
+
+_PARALLEL_RECORDS = 32  # records decoded concurrently inside one TF call
+
+
+def record_decoder(b, keys: list[str], *, decoders: Mapping[str, Any] | None,
+                   preprocess: Callable[[dict], dict] | None):
+  """TFDS's decoding of one serialized record, restricted to ``keys``, and its output spec.
+
+  Returns:
+    ``(decode, spec)``: ``decode(serialized: tf.string[]) -> {"name": tf.Tensor}``
+    (flat keys, after ``preprocess``), and flat name -> ``tf.TypeSpec``, found
+    by tracing, without reading any record.
+  """
+  tf, tfds = _tfds.import_tf()
+  from tensorflow_datasets.core import example_parser  # pylint: disable=import-outside-toplevel
+  decoders = {k: v for k, v in (decoders or {}).items() if k in keys}
+  partial = tfds.decode.PartialDecoding({k: True for k in keys}, decoders=decoders or None)
+  features = partial.extract_features(b.info.features)
+  parser = example_parser.ExampleParser(features.get_serialized_info())
+
+  def decode(serialized):
+    decoded = features.decode_example(parser.parse_example(serialized), decoders=partial.decoders)
+    flat = dict(_tfds.flatten_dict(decoded))
+    return flat if preprocess is None else dict(preprocess(flat))
+
+  traced = tf.function(decode).get_concrete_function(tf.TensorSpec([], tf.string))
+  return decode, {k: tf.type_spec_from_value(v) for k, v in traced.structured_outputs.items()}
+
+
+class RandomAccessReader:
+  """Decodes the records of one ArrayRecord split at any indices.
+
+  Attributes:
+    num_records: records in the split (slices such as ``train[:10%]`` included).
+    spec: flat feature name -> ``(shape, numpy dtype)`` of one decoded record,
+      in JAX's dtypes (int64 becomes int32 when x64 is off).
+    label: ``name[split]`` for messages.
+  """
+
+  def __init__(
+      self,
+      b,
+      split: str,
+      keys: list[str],
+      *,
+      decoders: Mapping[str, Any] | None,
+      preprocess: Callable[[dict], dict] | None,
+      asked: set[str],
+      label: str,
+      what: str,
+      fix: str,
+  ):
+    tf, _ = _tfds.import_tf()
+    self.label = label
+    try:
+      self._raw = b.as_data_source(split=split).data_source
+    except (KeyError, ValueError, AssertionError) as e:
+      raise ValueError(
+          f"Expected a split of {b.name!r} such as {sorted(b.info.splits.keys())} (slices like"
+          f" 'train[:10%]' work too), got {split!r}; pick one of those.") from e
+    self.num_records = len(self._raw)
+    one, spec = record_decoder(b, keys, decoders=decoders, preprocess=preprocess)
+    strings = set(_tfds.strings_to_drop(spec, asked, label))
+    kept = [k for k in spec if k not in strings]
+    if not kept:
+      raise ValueError(f"Expected a numeric feature in {label}, got only strings {sorted(strings)};"
+                       " map them to ids with a decoder or preprocess.")
+
+    def one_kept(serialized):
+      return {k: v for k, v in one(serialized).items() if k in kept}
+
+    self._one = tf.function(one_kept, input_signature=[tf.TensorSpec([], tf.string)])
+    _tfds.check_fixed_shapes(
+        {k: spec[k] for k in kept}, label, what, self._peek, fix)
+    out_spec = {k: spec[k] for k in kept}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def decode_batch(serialized):
+      return tf.map_fn(one_kept, serialized, fn_output_signature=out_spec,
+                       parallel_iterations=_PARALLEL_RECORDS)
+
+    decode_batch.get_concrete_function()  # trace now, not in the first batch
+    self._decoding = threading.Lock()
+    self._decode_batch = decode_batch
+    self.spec = {k: (tuple(s.shape.as_list()), np.dtype(jax.dtypes.canonicalize_dtype(s.dtype.as_numpy_dtype)))
+                 for k, s in out_spec.items()}
+
+  def _peek(self) -> list[dict]:
+    count = min(8, self.num_records)
+    return [self._one(r) for r in self._raw.__getitems__(list(range(count)))]
+
+  def read_tensors(self, indices: np.ndarray) -> dict:
+    """Returns the decoded records at ``indices`` as TF tensors, batched.
+
+    Raises:
+      RuntimeError: decoding failed; the message names the first failing
+        record's index and the original error.
+    """
+    tf, _ = _tfds.import_tf()
+    indices = [int(i) for i in indices]
+    records = self._raw.__getitems__(indices)
+    serialized = tf.constant(records, tf.string)
+    try:
+      with self._decoding:  # one batch decodes at a time, on all cores: batches finish in order
+        return self._decode_batch(serialized)
+    except tf.errors.OpError as e:
+      for index, record in zip(indices, records):  # find the record to blame
+        try:
+          self._one(tf.constant(record, tf.string))
+        except tf.errors.OpError as single:
+          raise RuntimeError(
+              f"Expected to decode record {index} of {self.label}, got"
+              f" {type(single).__name__}: {_tfds.tf_error_text(single)};"
+              " check the decoders or preprocess function for this record, or prepare"
+              " the dataset again if its files are damaged.") from single
+      raise RuntimeError(f"Expected to decode records {indices[:8]}... of {self.label},"
+                         f" got {type(e).__name__}: {_tfds.tf_error_text(e)}") from e
+
+  def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """Returns the decoded records at ``indices`` as numpy arrays in JAX's dtypes."""
+    return {k: _tfds.to_jax_dtype(k, v.numpy(), self.spec[k][1], self.label)
+            for k, v in self.read_tensors(indices).items()}
+
+  def close(self) -> None:
+    """Closes the ArrayRecord files."""
+    self._raw.__exit__(None, None, None)
+
+
+def read_all(reader: RandomAccessReader, *, num_threads: int = 2,
+             chunk_bytes: int = 4 << 20) -> dict[str, np.ndarray]:
+  """Reads every record of ``reader``'s split, in order, into aligned numpy buffers.
+
+  At most ``2 * num_threads`` chunks are decoded ahead of the copy, so memory
+  beyond the result stays bounded.
+  """
+  n = reader.num_records
+  record_bytes = sum(int(np.prod(s, dtype=np.int64)) * d.itemsize for s, d in reader.spec.values())
+  chunk = int(min(n, max(1, chunk_bytes // max(record_bytes, 1))))
+  out = {k: _cache.aligned_empty((n, *shape), dtype) for k, (shape, dtype) in reader.spec.items()}
+  from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+  with concurrent.futures.ThreadPoolExecutor(num_threads) as pool, tqdm(
+      total=n, desc=f"loading {reader.label}", unit=" records", unit_scale=True, delay=1.0,
+      file=sys.stderr, leave=False) as bar:
+    pending: collections.deque = collections.deque()
+
+    def copy_oldest():
+      start, future = pending.popleft()
+      for k, v in future.result().items():
+        out[k][start:start + len(v)] = v
+      bar.update(min(chunk, n - start))
+
+    for start in range(0, n, chunk):
+      pending.append((start, pool.submit(reader.read, np.arange(start, min(start + chunk, n)))))
+      if len(pending) > 2 * num_threads:
+        copy_oldest()
+    while pending:
+      copy_oldest()
+  return out

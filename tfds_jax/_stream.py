@@ -1,0 +1,555 @@
+"""Streams: datasets larger than memory, read from disk as batches are asked for.
+
+A :class:`Stream` is driven by the same functions as a :class:`Source`:
+``init``, ``next_batch`` and ``element_spec`` (and ``batch_at`` for random
+access), with the same :class:`SourceState`, and the same promise: the same
+state always gives the same batch, so a saved state resumes exactly.
+
+Two readers sit behind it:
+
+* random access (datasets prepared as ArrayRecord): batch ``k`` holds exactly
+  the records :func:`record_indices` names, in the same ``index_shuffle`` order
+  as an eager source with the same seed. Worker threads read and decode the
+  next ``read_ahead`` batches ahead of time, keyed by position: a state the
+  reader did not expect (a restore, a jump) drops them and starts there.
+* tf.data (TFRecord only): records in file order, shuffled per epoch through a
+  buffer seeded from ``(seed + epoch) mod 2**32``, with a fixed prefetch
+  buffer. Resuming mid-epoch re-reads the epoch up to the saved position.
+
+A stream owns threads and open files: use it as a context manager or call
+:meth:`Stream.close`. It reads files, so it runs outside ``jit``: call
+``next_batch`` in Python and pass the batch into the jitted step.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import functools
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import Any, Callable, Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tfds_jax import _array_record
+from tfds_jax import _source
+from tfds_jax import _tfds
+from tfds_jax._source import Source, SourceState
+from tfds_jax._types import Batch
+
+log = logging.getLogger("tfds_jax")
+
+RANDOM_ACCESS = "random_access"
+TF_DATA = "tf.data"
+_STREAM_FIX = "pass preprocess= that resizes or pads them per record (or a decoder)"
+_Key = tuple  # (epoch, index, size, seed or None): a batch's position
+
+
+class Stream:
+  """A dataset read from disk batch by batch; drive it with ``next_batch``.
+
+  Made by :func:`stream` (or :func:`from_tfds`). Not a pytree: it holds files
+  and threads. Its data is fixed; where a run stands lives in the
+  :class:`SourceState` you pass in.
+
+  Attributes:
+    name: dataset name, as for a :class:`Source`.
+    split: split string.
+    info: a :class:`DatasetInfoRef` (get the ``DatasetInfo`` with ``info``).
+    num_records: records in the split.
+    mode: ``"random_access"`` (ArrayRecord files) or ``"tf.data"`` (TFRecord).
+  """
+
+  def __init__(self, *, name, split, info, reader, mode, read_ahead, num_threads, device,
+               spec):
+    self.name, self.split, self.info, self.mode = name, split, info, mode
+    self.num_records = reader.num_records
+    self._reader, self._device, self._spec = reader, device, spec
+    self._read_ahead = read_ahead
+    self._lock = threading.Lock()  # one caller at a time; workers never take it
+    self._queue: collections.deque = collections.deque()  # (key, future), oldest first
+    self._last: tuple[_Key, Batch] | None = None
+    self._expected: _Key | None = None  # tf.data: the key its iterator is at
+    self._iterator = None
+    self.thread_name = f"tfds_jax_stream_{id(self):x}"  # names this stream's workers
+    self._pool = (concurrent.futures.ThreadPoolExecutor(num_threads, thread_name_prefix=self.thread_name)
+                  if mode == RANDOM_ACCESS else None)
+    self._closed = False
+    self._finalizer = weakref.finalize(self, _shutdown, self._pool, reader)
+
+  def __repr__(self) -> str:
+    spec = {k: f"{v.dtype}{list(v.shape)}" for k, v in self._spec.items()}
+    return (f"Stream({self.name}[{self.split}], {self.mode}, num_records={self.num_records},"
+            f" data={spec})")
+
+  def __enter__(self) -> "Stream":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+  def close(self) -> None:
+    """Stops the workers and closes the files; the stream cannot be read after."""
+    with self._lock:
+      self._closed = True
+      self._drop()
+      self._iterator = None
+      self._finalizer()
+
+  def element_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
+    """feature name -> ``ShapeDtypeStruct`` of one record (no records are read)."""
+    return dict(self._spec)
+
+  def next_batch(self, state: SourceState, batch_size: int) -> tuple[Batch, SourceState]:
+    """See :func:`tfds_jax.next_batch`."""
+    _source._check_batch_size(self.num_records, batch_size)  # pylint: disable=protected-access
+    key = (*_concrete_position(state, self.num_records), batch_size, _concrete_seed(state.seed))
+    batch = self._batch(key)
+    epoch, index = _advance(key, self.num_records)
+    return batch, SourceState(epoch=jnp.asarray(epoch, jnp.int32),
+                              index=jnp.asarray(index, jnp.int32), seed=state.seed)
+
+  def batch_at(self, start: int, size: int, seed) -> Batch:
+    """See :func:`tfds_jax.batch_at`; random-access streams only."""
+    if self.mode != RANDOM_ACCESS:
+      raise ValueError(
+          f"Expected a random-access stream for batch_at, got a tf.data stream of"
+          f" {self.name}[{self.split}] (TFRecord files); prepare it as ArrayRecord with"
+          f" `tfds-jax prepare {self.name} --file-format array_record`, or use next_batch.")
+    if isinstance(start, jax.core.Tracer) or isinstance(seed, jax.core.Tracer):
+      raise TypeError(_TRACED)
+    start = int(start)
+    if start < 0:
+      raise ValueError(f"Expected start >= 0, got {start}; positions count from 0.")
+    _source._check_batch_size(self.num_records, size, "size")  # pylint: disable=protected-access
+    epoch, index = divmod(start, self.num_records)
+    seed = None if seed is None else int(_source.as_seed(seed))
+    return self._batch((epoch, index, size, seed))
+
+  def _batch(self, key: _Key) -> Batch:
+    with self._lock:
+      if self._closed:
+        raise ValueError(f"Expected an open stream, got a closed one ({self!r}); make a new one"
+                         " with tfds_jax.stream.")
+      if self._last is not None and self._last[0] == key:
+        return self._last[1]
+      batch = self._random_access(key) if self.mode == RANDOM_ACCESS else self._tf_data(key)
+      self._last = (key, batch)
+      return batch
+
+  def _random_access(self, key: _Key) -> Batch:
+    if not self._queue or self._queue[0][0] != key:
+      self._drop()  # an unexpected position: what was read ahead is of no use
+      self._queue.append((key, self._pool.submit(self._fetch, key)))
+    _, future = self._queue.popleft()
+    last = self._queue[-1][0] if self._queue else key
+    while len(self._queue) < self._read_ahead:
+      last = (*_advance(last, self.num_records), *last[2:])
+      self._queue.append((last, self._pool.submit(self._fetch, last)))
+    try:
+      return future.result()
+    except BaseException:
+      self._drop()
+      raise
+
+  def _fetch(self, key: _Key) -> Batch:
+    """Runs on a worker: the batch at ``key``, decoded and on the device."""
+    epoch, index, size, seed = key
+    rows = np.asarray(_cpu_record_indices(self.num_records, epoch, index, size, seed))
+    tensors = self._reader.read_tensors(rows)
+    return {k: _to_jax(k, v, self._spec[k].dtype, self._device, self._reader.label)
+            for k, v in tensors.items()}
+
+  def _tf_data(self, key: _Key) -> Batch:
+    tf, _ = _tfds.import_tf()
+    epoch, index, size, seed = key
+    resumed = self._expected != key
+    if resumed:
+      self._iterator = None
+      start = time.perf_counter()
+      self._iterator = iter(self._reader.batches(epoch, index, size, seed))
+    try:
+      tensors = next(self._iterator)
+    except tf.errors.OpError as e:
+      self._expected = self._iterator = None
+      raise RuntimeError(
+          f"Expected to read the batch at epoch {epoch}, position {index} of {self._reader.label},"
+          f" got {type(e).__name__}: {_tfds.tf_error_text(e)}; check the decoders"
+          " or preprocess function, or prepare the dataset again if its files are damaged.") from e
+    if resumed and index:
+      log.warning(
+          "tfds_jax: resumed the tf.data stream of %s at epoch %d, position %d by re-reading %d"
+          " records (%.2fs); ArrayRecord files resume instantly: `tfds-jax prepare %s"
+          " --file-format array_record`.", self._reader.label, epoch, index, index,
+          time.perf_counter() - start, self.name)
+    self._expected = (*_advance(key, self.num_records), size, seed)
+    return {k: _to_jax(k, v, self._spec[k].dtype, self._device, self._reader.label)
+            for k, v in tensors.items()}
+
+  def _drop(self) -> None:
+    for _, future in self._queue:
+      future.cancel()  # running ones finish on their own and are discarded
+    self._queue.clear()
+    self._last = None
+    self._expected = None
+
+
+def _shutdown(pool, reader) -> None:
+  if pool is not None:
+    pool.shutdown(wait=True, cancel_futures=True)
+  reader.close()
+
+
+_TRACED = ("Expected a concrete state or position, got a traced one; a stream reads files,"
+           " so call next_batch(stream, ...) outside jit and pass the batch into your jitted"
+           " step (or load the dataset eagerly to read inside jit).")
+
+
+def _concrete_position(state: SourceState, n: int) -> tuple[int, int]:
+  if any(isinstance(x, jax.core.Tracer) for x in (state.epoch, state.index, state.seed)):
+    raise TypeError(_TRACED)
+  epoch, index = int(state.epoch), int(state.index)
+  if not 0 <= index < n or epoch < 0:
+    raise ValueError(f"Expected a state with epoch >= 0 and 0 <= index < {n}, got epoch {epoch},"
+                     f" index {index}; it belongs to another dataset: make it with init.")
+  return epoch, index
+
+
+def _concrete_seed(seed) -> int | None:
+  return None if seed is None else int(seed)
+
+
+def _advance(key: _Key, n: int) -> tuple[int, int]:
+  epoch, index, size = key[:3]
+  return (epoch + 1, index + size - n) if index + size >= n else (epoch, index + size)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _record_indices(n, epoch, index, size, seed):
+  return _source.record_indices(n, epoch, index, size, seed)
+
+
+def _cpu_record_indices(n: int, epoch: int, index: int, size: int, seed: int | None) -> jax.Array:
+  """record_indices computed on the host CPU, whatever JAX's default device is."""
+  cpu = jax.devices("cpu")[0]
+  put = lambda x, dtype: jax.device_put(np.asarray(x, dtype), cpu)  # noqa: E731
+  return _record_indices(n, put(epoch % 2**32, np.uint32), put(index, np.int32), size,
+                         None if seed is None else put(seed, np.uint32))
+
+
+def _to_jax(key: str, tensor, dtype, device, label: str) -> jax.Array:
+  """A CPU TF tensor as a JAX array on ``device``: shared through DLPack when the
+  dtype is already JAX's, else converted (integers range-checked)."""
+  if tensor.dtype.as_numpy_dtype == dtype:
+    x = jax.dlpack.from_dlpack(tensor)
+  else:
+    x = _tfds.to_jax_dtype(key, tensor.numpy(), np.dtype(dtype), label)
+  return jax.device_put(x, device)
+
+
+class _TFDataReader:
+  """Batches of a TFRecord split through tf.data, from any (epoch, index)."""
+
+  def __init__(self, b, split, keys, *, decoders, preprocess, asked, label, shuffle_buffer_size,
+               read_ahead, num_threads):
+    tf, tfds = _tfds.import_tf()
+    self.label = label
+    self.num_records = _tfds._split_size(b, split)  # pylint: disable=protected-access
+    if self.num_records is None:
+      raise ValueError(f"Expected {label} to list its split sizes in its dataset info, got none;"
+                       " stream a prepared dataset, or load it eagerly.")
+    self._shuffle_buffer, self._read_ahead = shuffle_buffer_size, read_ahead
+    read_config = tfds.ReadConfig(
+        try_autocache=False, add_tfds_id=False, num_parallel_calls_for_decode=num_threads,
+        num_parallel_calls_for_interleave_files=1)  # TFDS's file order, as load reads it
+    decoders = {k: v for k, v in (decoders or {}).items() if k in keys}
+    partial = tfds.decode.PartialDecoding({k: True for k in keys}, decoders=decoders or None)
+    raw = b.as_dataset(split=split, shuffle_files=False, decoders=partial, read_config=read_config)
+
+    def flat(example):
+      out = dict(_tfds.flatten_dict(example))
+      return out if preprocess is None else dict(preprocess(out))
+
+    spec = raw.map(flat).element_spec
+    strings = set(_tfds.strings_to_drop(spec, asked, label))
+    kept = [k for k in spec if k not in strings]
+    if not kept:
+      raise ValueError(f"Expected a numeric feature in {label}, got only strings {sorted(strings)};"
+                       " map them to ids with a decoder or preprocess.")
+    self._records = raw.map(lambda e: {k: v for k, v in flat(e).items() if k in kept},
+                            num_parallel_calls=num_threads, deterministic=True)
+    spec = {k: spec[k] for k in kept}
+    _tfds.check_fixed_shapes(spec, label, "a stream",
+                             lambda: list(self._records.take(8).as_numpy_iterator()), _STREAM_FIX)
+    self.spec = {k: (tuple(s.shape.as_list()), np.dtype(jax.dtypes.canonicalize_dtype(s.dtype.as_numpy_dtype)))
+                 for k, s in spec.items()}
+
+  def batches(self, epoch: int, index: int, size: int, seed: int | None):
+    """tf.data.Dataset of ``size``-record batches from position ``index`` of ``epoch`` on."""
+    tf, _ = _tfds.import_tf()
+    records, buffer = self._records, self._shuffle_buffer
+
+    def one_epoch(e):
+      if seed is None:
+        return records
+      epoch_seed = tf.math.floormod(tf.constant(seed, tf.int64) + e, 2**32)
+      return records.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+
+    ds = tf.data.Dataset.range(epoch, 2**62).flat_map(one_epoch).skip(index)
+    ds = ds.batch(size, drop_remainder=True).prefetch(self._read_ahead)
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.deterministic = True
+    return ds.with_options(options)
+
+  def close(self) -> None:
+    self._records = None
+
+
+def stream(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    as_supervised: bool = False,
+    include_keys: Iterable[str] | None = None,
+    exclude_keys: Iterable[str] | None = None,
+    decoders: Mapping[str, Any] | None = None,
+    preprocess: Callable[[dict], dict] | None = None,
+    read_ahead: int = 2,
+    num_threads: int | None = None,
+    shuffle_buffer_size: int = 10_000,
+    mode: str | None = None,
+    download: bool = True,
+    local_files_only: bool = False,
+    try_gcs: bool = False,
+    download_and_prepare_kwargs: Mapping[str, Any] | None = None,
+    beam_num_workers: int | None = None,
+    device: jax.Device | jax.sharding.Sharding | None = None,
+) -> Stream:
+  """Opens a TFDS split for streaming: records are read from disk as batches are asked for.
+
+  Datasets prepared as ArrayRecord are read by random access: a shuffled
+  stream visits exactly the records, in exactly the order, of an eager
+  :func:`load` with the same seed, and any saved state resumes at once.
+  TFRecord datasets stream through tf.data (shuffle buffer, resume by
+  re-reading). Records of one batch are decoded in one TensorFlow call, with
+  ``num_threads`` batches in flight and ``read_ahead`` batches read ahead.
+
+  Args:
+    name: TFDS name, as for :func:`load`.
+    split: split string, slices included.
+    data_dir: where TFDS keeps prepared datasets.
+    as_supervised: only the dataset's ``supervised_keys``, as a dict.
+    include_keys: read only these top-level features.
+    exclude_keys: read all top-level features but these.
+    decoders: TFDS decoders per feature.
+    preprocess: a function run per record inside TensorFlow, after decoding and
+      before batching, on the flat ``{"name": tf.Tensor}`` dict; use it to make
+      variable-shape features fixed (resize, pad, crop).
+    read_ahead: batches read ahead of the one asked for (a fixed bound, never
+      autotuned); 0 reads on demand.
+    num_threads: worker threads (default ``read_ahead + 1``: one per batch in
+      flight; decoding runs in TensorFlow, outside the GIL). For tf.data
+      streams, the records decoded in parallel.
+    shuffle_buffer_size: tf.data streams only: records in the shuffle buffer.
+    mode: ``"random_access"`` or ``"tf.data"``; default: random access when the
+      files are ArrayRecord, else tf.data.
+    download: prepare the dataset if it is not prepared yet.
+    local_files_only: never download or prepare; fail if nothing is prepared.
+    try_gcs: let TFDS read prepared files from its public GCS bucket.
+    download_and_prepare_kwargs: passed to ``builder.download_and_prepare``
+      (``{"file_format": "array_record"}`` prepares for random access).
+    beam_num_workers: Beam DirectRunner processes for Beam-based datasets.
+    device: where batches go (default: JAX's default device).
+
+  Returns:
+    An open :class:`Stream`; close it (or use ``with``) when done.
+
+  Raises:
+    ValueError: as :func:`load` for bad names, splits and keys; a string
+      feature asked for by name; a variable-shape feature left variable by
+      ``preprocess``; ``mode="random_access"`` on TFRecord files; bad
+      ``read_ahead`` or ``num_threads``.
+    FileNotFoundError: nothing prepared while ``local_files_only``.
+
+  Example:
+    >>> import tfds_jax
+    >>> with tfds_jax.stream("digits", "train") as s:  # doctest: +SKIP
+    ...   state = tfds_jax.init(s, seed=0, shuffle=True)
+    ...   batch, state = tfds_jax.next_batch(s, state, 32)
+    >>> batch["image"].shape  # doctest: +SKIP
+    (32, 8, 8, 1)
+  """
+  if include_keys is not None and exclude_keys is not None:
+    raise ValueError(
+        f"Expected at most one of include_keys and exclude_keys, got both"
+        f" ({sorted(include_keys)} and {sorted(exclude_keys)}); keep one.")
+  if not isinstance(read_ahead, int) or read_ahead < 0:
+    raise ValueError(f"Expected read_ahead to be an int >= 0, got {read_ahead!r}.")
+  if num_threads is None:
+    num_threads = read_ahead + 1
+  if not isinstance(num_threads, int) or num_threads < 1:
+    raise ValueError(f"Expected num_threads to be a positive int, got {num_threads!r}.")
+  if mode not in (None, RANDOM_ACCESS, TF_DATA):
+    raise ValueError(f"Expected mode to be None, {RANDOM_ACCESS!r} or {TF_DATA!r}, got {mode!r}.")
+  b = _tfds.builder(name, data_dir=data_dir, try_gcs=try_gcs)
+  _tfds.ensure_prepared(b, download=download, local_files_only=local_files_only,
+                        download_and_prepare_kwargs=download_and_prepare_kwargs,
+                        beam_num_workers=beam_num_workers)
+  array_record = _tfds.file_format(b) == "array_record"
+  if mode == RANDOM_ACCESS and not array_record:
+    raise ValueError(
+        f"Expected ArrayRecord files for a random-access stream of {b.name!r}, got"
+        f" {_tfds.file_format(b)} files in {b.data_dir}; prepare a copy with `tfds-jax prepare"
+        f" {b.name} --file-format array_record --data-dir OTHER_DIR`, or use mode='tf.data'.")
+  if mode == TF_DATA and array_record:
+    raise ValueError(f"Expected TFRecord files for a tf.data stream of {b.name!r}, got ArrayRecord"
+                     f" files in {b.data_dir}; use mode='random_access' (the default for them).")
+  mode = RANDOM_ACCESS if array_record else TF_DATA
+  _tfds._split_size(b, split)  # pylint: disable=protected-access  # unknown split: clear error
+  keys, asked = _tfds.select_keys(b, as_supervised=as_supervised, include_keys=include_keys,
+                                  exclude_keys=exclude_keys, decoders=decoders)
+  full_name = _tfds.full_name(b)
+  label = f"{full_name}[{split}]"
+  if mode == RANDOM_ACCESS:
+    reader = _array_record.RandomAccessReader(
+        b, split, keys, decoders=decoders, preprocess=preprocess, asked=asked, label=label,
+        what="a stream", fix=_STREAM_FIX)
+  else:
+    reader = _TFDataReader(b, split, keys, decoders=decoders, preprocess=preprocess, asked=asked,
+                           label=label, shuffle_buffer_size=shuffle_buffer_size,
+                           read_ahead=read_ahead, num_threads=num_threads)
+  spec = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in reader.spec.items()}
+  return Stream(name=full_name, split=split, info=_tfds.info_ref(b), reader=reader, mode=mode,
+                read_ahead=read_ahead, num_threads=num_threads, device=device, spec=spec)
+
+
+def decoded_bytes(b, split: str, keys: list[str], decoders) -> tuple[int | None, int]:
+  """(decoded bytes of ``split``, or None if a feature's shape varies; its records).
+
+  From the dataset info and a trace of the decoders: no record is read.
+  """
+  tf, _ = _tfds.import_tf()
+  n = _tfds._split_size(b, split)  # pylint: disable=protected-access
+  if n is None:
+    raise ValueError(f"Expected {_tfds.full_name(b)}[{split}] to list its split sizes in its dataset"
+                     " info, got none; pass eager=True or False to from_tfds.")
+  _, spec = _array_record.record_decoder(b, keys, decoders=decoders, preprocess=None)
+  record = 0
+  for s in spec.values():
+    if s.dtype == tf.string:
+      continue  # strings are dropped
+    if not isinstance(s, tf.TensorSpec) or not s.shape.is_fully_defined():
+      return None, n
+    record += s.shape.num_elements() * np.dtype(jax.dtypes.canonicalize_dtype(s.dtype.as_numpy_dtype)).itemsize
+  return record * n, n
+
+
+def from_tfds(
+    name: str,
+    split: str,
+    *,
+    eager: bool | None = None,
+    memory_budget: int | None = None,
+    **kwargs,
+) -> Source | Stream:
+  """Loads a split eagerly when it fits in memory, else opens a stream.
+
+  The decoded size comes from the dataset info (sliced splits such as
+  ``train[:10%]`` included) and the features chosen, without reading records.
+  The choice and its reason are logged (logger ``"tfds_jax"``, INFO).
+
+  Args:
+    name: TFDS name.
+    split: split string.
+    eager: True forces :func:`load`, False forces :func:`stream`; None chooses.
+    memory_budget: bytes an eager source may take; default: 10% of the
+      accelerator's memory, or 25% of available host memory on a CPU-only
+      machine (see ``tfds-jax info NAME``).
+    **kwargs: options of :func:`load` and :func:`stream` (those of the one
+      chosen are passed on; the other's are an error only if given a value it
+      cannot honour).
+
+  Returns:
+    A :class:`Source` (eager) or a :class:`Stream`.
+
+  Raises:
+    ValueError: ``eager=True`` for a split that does not fit the budget or has
+      variable-shape features (checked before reading anything), plus the
+      errors of :func:`load` and :func:`stream`.
+
+  Example:
+    >>> import tfds_jax
+    >>> src = tfds_jax.from_tfds("digits", "train")  # doctest: +SKIP
+    >>> type(src).__name__  # doctest: +SKIP
+    'Source'
+  """
+  use_eager, reason = choose(name, split, eager=eager, memory_budget=memory_budget, **kwargs)
+  log.info("tfds_jax: from_tfds(%r, %r): %s", name, split, reason)
+  if use_eager:
+    return _tfds.load(name, split, **{k: v for k, v in kwargs.items() if k in _LOAD_ONLY | _SHARED})
+  return stream(name, split, **{k: v for k, v in kwargs.items() if k in _STREAM_ONLY | _SHARED})
+
+
+_SHARED = frozenset({"data_dir", "as_supervised", "include_keys", "exclude_keys", "decoders", "download",
+                     "local_files_only", "try_gcs", "download_and_prepare_kwargs", "beam_num_workers",
+                     "device"})
+_LOAD_ONLY = frozenset({"cache"})
+_STREAM_ONLY = frozenset({"preprocess", "read_ahead", "num_threads", "shuffle_buffer_size", "mode"})
+
+
+def choose(name: str, split: str, *, eager: bool | None = None, memory_budget: int | None = None,
+           **kwargs) -> tuple[bool, str]:
+  """Whether :func:`from_tfds` would load eagerly, and why (one line).
+
+  Reads only the dataset info (preparing the dataset if it must).
+  """
+  unknown = sorted(set(kwargs) - _SHARED - _LOAD_ONLY - _STREAM_ONLY)
+  if unknown:
+    raise TypeError(f"Expected options of load or stream, got unknown {unknown}; see"
+                    " help(tfds_jax.from_tfds).")
+  if eager is False:
+    return False, "streaming (eager=False)"
+  b = _tfds.builder(name, data_dir=kwargs.get("data_dir"), try_gcs=kwargs.get("try_gcs", False))
+  _tfds.ensure_prepared(b, download=kwargs.get("download", True),
+                        local_files_only=kwargs.get("local_files_only", False),
+                        download_and_prepare_kwargs=kwargs.get("download_and_prepare_kwargs"),
+                        beam_num_workers=kwargs.get("beam_num_workers"))
+  keys, _ = _tfds.select_keys(b, as_supervised=kwargs.get("as_supervised", False),
+                              include_keys=kwargs.get("include_keys"),
+                              exclude_keys=kwargs.get("exclude_keys"), decoders=kwargs.get("decoders"))
+  label = f"{_tfds.full_name(b)}[{split}]"
+  if kwargs.get("preprocess") is not None:
+    if eager:
+      raise ValueError(f"Expected no preprocess= for eager=True (load has none), got one for {label};"
+                       " use decoders= to transform features in an eager load, or eager=None.")
+    return False, "streaming: preprocess= runs per record while streaming"
+  nbytes, n = decoded_bytes(b, split, keys, kwargs.get("decoders"))
+  if nbytes is None:
+    if eager:
+      raise ValueError(f"Expected fixed-shape features for eager=True, got variable-shape ones in"
+                       f" {label}; pass decoders that resize them, or stream it with eager=None.")
+    return False, "streaming: it has variable-shape features (stream with preprocess= to batch them)"
+  if memory_budget is None:
+    budget, where = _tfds.memory_budget()
+  else:
+    budget, where = int(memory_budget), "memory_budget"
+  size = f"{label} is {_tfds.human(nbytes)} decoded ({n:,} records)"
+  if eager:
+    limit, limit_where = (budget, where) if memory_budget is not None else _tfds.memory_free()
+    if nbytes > limit:
+      raise ValueError(f"Expected {label} to fit in memory for eager=True, got {size} and"
+                       f" {_tfds.human(limit)} of {limit_where}; stream it with eager=False"
+                       " (or raise memory_budget).")
+    return True, f"eager (eager=True): {size}"
+  budget_text = f"the budget {_tfds.human(budget)} ({where})"
+  if nbytes <= budget:
+    return True, f"eager: {size}, within {budget_text}"
+  return False, f"streaming: {size}, over {budget_text}"
