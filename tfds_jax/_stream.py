@@ -66,11 +66,11 @@ class Stream:
     mode: ``"random_access"`` (ArrayRecord files) or ``"tf.data"`` (TFRecord).
   """
 
-  def __init__(self, *, name, split, info, reader, mode, read_ahead, num_threads, device,
-               spec):
+  def __init__(self, *, name, split, info, reader, mode, read_ahead, num_threads, device):
     self.name, self.split, self.info, self.mode = name, split, info, mode
     self.num_records = reader.num_records
-    self._reader, self._device, self._spec = reader, device, spec
+    self._reader, self._device = reader, device
+    self._spec = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in reader.spec.items()}
     self._read_ahead = read_ahead
     self._lock = threading.Lock()  # one caller at a time; workers never take it
     self._queue: collections.deque = collections.deque()  # (key, future), oldest first
@@ -258,7 +258,7 @@ class _TFDataReader:
 
   def __init__(self, b, split, keys, *, decoders, preprocess, asked, label, shuffle_buffer_size,
                read_ahead, num_threads):
-    tf, tfds = _tfds.import_tf()
+    _, tfds = _tfds.import_tf()
     self.label = label
     self.num_records = _tfds._split_size(b, split)  # pylint: disable=protected-access
     if self.num_records is None:
@@ -426,9 +426,8 @@ def stream(
     reader = _TFDataReader(b, split, keys, decoders=decoders, preprocess=preprocess, asked=asked,
                            label=label, shuffle_buffer_size=shuffle_buffer_size,
                            read_ahead=read_ahead, num_threads=num_threads)
-  spec = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in reader.spec.items()}
   return Stream(name=full_name, split=split, info=_tfds.info_ref(b), reader=reader, mode=mode,
-                read_ahead=read_ahead, num_threads=num_threads, device=device, spec=spec)
+                read_ahead=read_ahead, num_threads=num_threads, device=device)
 
 
 def decoded_bytes(b, split: str, keys: list[str], decoders) -> tuple[int | None, int]:
