@@ -5,8 +5,8 @@
 2. creates benchmarks/.datarax-venv with datarax 0.1.4 for the peer comparison,
    once (skip with --no-datarax);
 3. runs core.py, load.py (both datasets), peers.py, streaming.py (which
-   also builds bench_large, 1.9 GB, once) and training.py, each writing JSON
-   and a plot under benchmarks/results;
+   also builds bench_large, 1.9 GB, once), training.py and pipeline.py, each
+   writing JSON and a plot under benchmarks/results;
 4. writes BENCHMARKS.md (report.py).
 
 Run: python benchmarks/run_all.py [--quick] [--no-datarax]
@@ -73,8 +73,10 @@ def main() -> None:
   run("benchmarks/peers.py", *quick, *([] if not datarax else datarax))
   step("figure 6: streaming from disk against tf.data and Grain, stall, memory (streaming.py)")
   run("benchmarks/streaming.py", *quick)
-  step("figure 7: training in one fori_loop against a Python loop (training.py)")
+  step("figure 7: training with the epoch drivers against a Python loop (training.py)")
   run("benchmarks/training.py", *quick)
+  step("figure 8: augmentation pipeline throughput against tf.data and Grain (pipeline.py)")
+  run("benchmarks/pipeline.py", *quick)
   step("writing BENCHMARKS.md")
   run("benchmarks/report.py")
 

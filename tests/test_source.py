@@ -66,8 +66,10 @@ def test_k_next_batches_equal_batch_at(n, seed, shuffle, k, data):
   initial = init(source, seed=seed, shuffle=shuffle)
   want = batch_at(source.data, k * batch_size, batch_size, initial.seed)
   chex.assert_trees_all_equal(got, want)
-  # batch_at also takes a traced start and the int seed itself.
-  traced = jax.jit(batch_at, static_argnums=2)(source, jnp.int32(k * batch_size), batch_size, seed if shuffle else None)
+  # batch_at also takes a traced start and the seed itself (as a uint32 array: a jit
+  # argument that is a Python int must fit int32 with x64 disabled).
+  traced = jax.jit(batch_at, static_argnums=2)(source, jnp.int32(k * batch_size), batch_size,
+                                               np.uint32(seed) if shuffle else None)
   chex.assert_trees_all_equal(traced, want)
 
 

@@ -6,6 +6,10 @@ Sources are immutable pytrees of arrays; iteration state is a separate
 
 from tfds_jax._checkpoint import state_from_dict
 from tfds_jax._checkpoint import state_to_dict
+from tfds_jax._drivers import run_epochs
+from tfds_jax._drivers import run_steps
+from tfds_jax._pipeline import Pipeline
+from tfds_jax._pipeline import pipeline
 from tfds_jax._shuffle import index_shuffle
 from tfds_jax._source import Source
 from tfds_jax._source import SourceState
@@ -16,6 +20,17 @@ from tfds_jax._source import from_arrays
 from tfds_jax._source import init
 from tfds_jax._source import next_batch
 from tfds_jax._source import record_indices
+from tfds_jax._stages import Stage
+from tfds_jax._stages import chain
+from tfds_jax._stages import normalize
+from tfds_jax._stages import one_hot
+from tfds_jax._stages import random_crop
+from tfds_jax._stages import random_flip
+from tfds_jax._stages import record_keys
+from tfds_jax._stages import stage
+from tfds_jax._stages import to_float
+from tfds_jax._statistics import Statistics
+from tfds_jax._statistics import compute_statistics
 from tfds_jax._stream import Stream
 from tfds_jax._stream import from_tfds
 from tfds_jax._stream import stream
@@ -32,11 +47,16 @@ __all__ = [
     "Batch",
     "DatasetInfoRef",
     "PRNGKey",
+    "Pipeline",
     "Source",
     "SourceState",
+    "Stage",
+    "Statistics",
     "Stream",
     "as_seed",
     "batch_at",
+    "chain",
+    "compute_statistics",
     "element_spec",
     "from_arrays",
     "from_tfds",
@@ -45,9 +65,19 @@ __all__ = [
     "init",
     "load",
     "next_batch",
+    "normalize",
+    "one_hot",
+    "pipeline",
     "prepare",
+    "random_crop",
+    "random_flip",
     "record_indices",
+    "record_keys",
+    "run_epochs",
+    "run_steps",
+    "stage",
     "state_from_dict",
     "state_to_dict",
     "stream",
+    "to_float",
 ]

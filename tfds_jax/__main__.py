@@ -48,7 +48,7 @@ def parser() -> argparse.ArgumentParser:
   prep.add_argument("--file-format", choices=["tfrecord", "array_record"], default=None,
                     help="array_record allows random access (default: TFDS's, tfrecord)")
   prep.add_argument("--beam-num-workers", type=_positive, default=None,
-                    help="processes for Beam-based datasets (needs apache-beam)")
+                    help="processes for Beam-based datasets (needs apache-beam: uv run --extra beam)")
   bench = sub.add_parser("bench", help="build the benchmark data and run every figure",
                          description="Runs benchmarks/run_all.py from a source checkout: builds the"
                          " benchmark datasets, runs every figure against tf.data, Grain and datarax,"

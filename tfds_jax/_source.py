@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tfds_jax import _sharding
 from tfds_jax import _shuffle
 from tfds_jax._types import Batch
 
@@ -168,14 +169,14 @@ def element_spec(source: Source | Mapping[str, jax.Array]) -> dict[str, jax.Shap
     >>> tfds_jax.element_spec(tfds_jax.from_arrays({"x": np.zeros((4, 2), np.float32)}))
     {'x': ShapeDtypeStruct(shape=(2,), dtype=float32)}
   """
-  if _is_stream(source):
+  if _has_methods(source):
     return source.element_spec()
   data = source.data if isinstance(source, Source) else source
   return {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in data.items()}
 
 
-def _is_stream(source: Any) -> bool:
-  """Streams (``_stream.Stream``) read files and carry their own batch methods."""
+def _has_methods(source: Any) -> bool:
+  """Streams and pipelines carry their own ``next_batch`` / ``batch_at`` methods."""
   return not isinstance(source, (Source, Mapping)) and hasattr(source, "next_batch")
 
 
@@ -232,16 +233,19 @@ def init(
     source: Source | Mapping[str, jax.Array],
     *,
     seed: int | jax.typing.ArrayLike = 0,
-    shuffle: bool = False,
+    shuffle: bool | None = None,
 ) -> SourceState:
   """Returns the state at the start of epoch 0.
 
   Args:
-    source: the :class:`Source` to iterate (only its size is read).
+    source: the :class:`Source` to iterate (only its size is read), or a
+      :class:`Stream` or :class:`Pipeline`.
     seed: a Python int in ``[0, 2**32)``, an integer scalar array or a
-      ``jax.random`` key; ignored when ``shuffle`` is False.
+      ``jax.random`` key; ignored when ``shuffle`` is False (a pipeline keeps
+      it for its random stages).
     shuffle: visit records in a per-epoch pseudo-random order (Grain's
-      ``MapDataset.shuffle(seed)`` order) instead of sequentially.
+      ``MapDataset.shuffle(seed)`` order) instead of sequentially. Default:
+      False, or what the pipeline was made with.
 
   Returns:
     A :class:`SourceState` with ``epoch = index = 0``.
@@ -253,7 +257,8 @@ def init(
     >>> int(state.epoch), int(state.index), int(state.seed)
     (0, 0, 42)
   """
-  del source  # The state does not depend on the data; kept for symmetry.
+  if _has_methods(source) and hasattr(source, "init"):
+    return source.init(seed, shuffle)
   zero = jnp.zeros((), jnp.int32)
   return SourceState(epoch=zero, index=zero, seed=as_seed(seed) if shuffle else None)
 
@@ -300,8 +305,27 @@ def record_indices(
     [3, 4, 0, 1]
   """
   _check_batch_size(num_records, size, "size")
+  return indices_at(num_records, epoch, index, jnp.arange(size, dtype=jnp.int32), seed)
+
+
+def indices_at(
+    num_records: int,
+    epoch: jax.typing.ArrayLike,
+    index: jax.typing.ArrayLike,
+    offsets: jax.Array,
+    seed: jax.Array | None,
+) -> jax.Array:
+  """Records at positions ``index + offsets`` of epoch ``epoch`` (offsets < n).
+
+  The positions that run past the end of epoch ``e`` continue at the start of
+  epoch ``e + 1``, in its order. Used for whole batches and for the slice of a
+  batch one device or process reads.
+
+  Returns:
+    int32 record indices, shaped like ``offsets``.
+  """
   n = _U32(num_records)
-  j = jnp.asarray(index).astype(_U32) + jnp.arange(size, dtype=_U32)
+  j = jnp.asarray(index).astype(_U32) + jnp.asarray(offsets).astype(_U32)
   wrapped = j >= n
   pos = jnp.where(wrapped, j - n, j)
   if seed is None:
@@ -316,8 +340,23 @@ def record_indices(
 
 @functools.partial(jax.jit, static_argnames="size")
 def _gather(data: Mapping[str, jax.Array], epoch, index, size: int, seed) -> Batch:
-  rows = record_indices(_num_records(data), epoch, index, size, seed)
-  return {k: take_rows(v, rows) for k, v in data.items()}
+  return gather_rows((data, epoch, index, seed), jnp.arange(size, dtype=jnp.int32))
+
+
+def gather_rows(args: tuple, rows: jax.Array) -> Batch:
+  """Rows ``rows`` of the batch at (epoch, index): ``args = (data, epoch, index, seed)``."""
+  data, epoch, index, seed = args
+  records = indices_at(_num_records(data), epoch, index, rows, seed)
+  return {k: take_rows(v, records) for k, v in data.items()}
+
+
+def sharded(args: tuple, size: int, sharding: jax.sharding.NamedSharding) -> Batch:
+  """The batch of ``size`` rows at (epoch, index) sharded as ``sharding``.
+
+  Each device (each process) gathers only its own rows. ``args = (data,
+  epoch, index, seed)``; ``data`` must sit replicated on the mesh's devices.
+  """
+  return _sharding.sharded_batch(gather_rows, args, size, sharding, args[0])
 
 
 def take_rows(x: jax.Array, rows: jax.Array) -> jax.Array:
@@ -335,8 +374,10 @@ def take_rows(x: jax.Array, rows: jax.Array) -> jax.Array:
 def batch_at(
     data: Source | Mapping[str, jax.Array],
     start: jax.typing.ArrayLike,
-    size: int,
+    size: int | None = None,
     seed: int | jax.typing.ArrayLike | None = None,
+    *,
+    sharding: jax.sharding.NamedSharding | None = None,
 ) -> Batch:
   """Returns the ``size`` records at logical positions ``start, start + 1, ...``.
 
@@ -352,16 +393,22 @@ def batch_at(
     start: the first logical position: a Python int of any size, or an integer
       scalar array (may be traced; with x64 disabled it must stay below
       ``2**31``, so for very long runs pass the int or use :func:`next_batch`).
-    size: records per batch, a static Python int with ``1 <= size <= n``.
+    size: records per batch, a static Python int with ``1 <= size <= n`` (a
+      :class:`Pipeline` knows its own; pass it or leave it out).
     seed: None for sequential order; else an int seed, a uint32 scalar (such as
       ``state.seed``) or a JAX key. ``vmap`` over ``start`` and ``seed`` works.
+    sharding: optional ``NamedSharding`` splitting the batch axis over a mesh
+      (``PartitionSpec('data')``): the batch comes back sharded, equal element
+      for element to the unsharded one, and each device (each process, under
+      ``jax.distributed``) gathers only its own rows. The data must sit
+      replicated on the mesh's devices.
 
   Returns:
     feature name -> array of shape ``[size, ...]``.
 
   Raises:
     ValueError: if ``size`` is not in ``[1, n]`` or a Python-int ``start`` is
-      negative.
+      negative, or ``sharding`` does not divide the batch.
 
   Example:
     >>> import numpy as np, tfds_jax
@@ -369,27 +416,39 @@ def batch_at(
     >>> tfds_jax.batch_at(src, 3, 4)["x"].tolist()
     [3, 4, 0, 1]
   """
-  if _is_stream(data):
-    return data.batch_at(start, size, seed)
+  if _has_methods(data):
+    return data.batch_at(start, size, seed, sharding=sharding)
   arrays = data.data if isinstance(data, Source) else data
   n = _num_records(arrays)
+  epoch, index = position(start, n)
+  _check_batch_size(n, size, "size")
+  seed = None if seed is None else as_seed(seed)
+  if sharding is not None:
+    return sharded((arrays, epoch, index, seed), size, sharding)
+  return _gather(arrays, epoch, index, size, seed)
+
+
+def position(start: jax.typing.ArrayLike, n: int) -> tuple[jax.Array, jax.Array]:
+  """(epoch, index) of logical position ``start``: ``divmod(start, n)``.
+
+  A Python int may be of any size (the epoch is kept modulo ``2**32``, as the
+  shuffle seeds are); a traced one must fit the integer dtype.
+  """
   if isinstance(start, (int, np.integer)):
     if start < 0:
       raise ValueError(f"Expected start >= 0, got {start}; positions count from 0.")
     epoch, index = divmod(int(start), n)
-    epoch = jnp.asarray(epoch % 2**32, dtype=_U32)
-  else:
-    start = jnp.asarray(start)
-    epoch, index = start // n, start % n
-  _check_batch_size(n, size, "size")
-  seed = None if seed is None else as_seed(seed)
-  return _gather(arrays, epoch, index, size, seed)
+    return jnp.asarray(epoch % 2**32, dtype=_U32), jnp.asarray(index, jnp.int32)
+  start = jnp.asarray(start)
+  return start // n, start % n
 
 
 def next_batch(
     source: Source | Mapping[str, jax.Array],
     state: SourceState,
-    batch_size: int,
+    batch_size: int | None = None,
+    *,
+    sharding: jax.sharding.NamedSharding | None = None,
 ) -> tuple[Batch, SourceState]:
   """Returns the next ``batch_size`` records and the advanced state.
 
@@ -407,7 +466,10 @@ def next_batch(
   Args:
     source: the :class:`Source` (or dict of arrays, or :class:`Stream`) to read.
     state: the current :class:`SourceState`, from :func:`init` or a previous call.
-    batch_size: records per batch, a static Python int in ``[1, num_records]``.
+    batch_size: records per batch, a static Python int in ``[1, num_records]``
+      (a :class:`Pipeline` knows its own; pass it or leave it out).
+    sharding: optional ``NamedSharding`` splitting the batch axis, as for
+      :func:`batch_at`: each device (each process) gathers only its rows.
 
   Returns:
     ``(batch, new_state)``: feature name -> ``[batch_size, ...]`` array, and the
@@ -425,19 +487,30 @@ def next_batch(
     >>> batch["x"].tolist(), int(state.epoch), int(state.index)
     ([4, 0, 1, 2], 1, 3)
   """
-  if _is_stream(source):
-    return source.next_batch(state, batch_size)
+  if _has_methods(source):
+    return source.next_batch(state, batch_size, sharding=sharding)
   arrays = source.data if isinstance(source, Source) else source
-  _check_batch_size(_num_records(arrays), batch_size)
-  batch, epoch, index = _next(arrays, state.epoch, state.index, batch_size, state.seed)
+  n = _num_records(arrays)
+  _check_batch_size(n, batch_size)
+  if sharding is None:
+    batch, epoch, index = _next(arrays, state.epoch, state.index, batch_size, state.seed)
+  else:
+    batch = sharded((arrays, state.epoch, state.index, state.seed), batch_size, sharding)
+    epoch, index = advance(n, state.epoch, state.index, batch_size)
   return batch, SourceState(epoch=epoch, index=index, seed=state.seed)
 
 
 @functools.partial(jax.jit, static_argnames="batch_size")
 def _next(data, epoch, index, batch_size, seed):
-  n = _U32(_num_records(data))
   batch = _gather(data, epoch, index, batch_size, seed)
-  advanced = jnp.asarray(index).astype(_U32) + _U32(batch_size)
-  wrapped = advanced >= n
+  return (batch, *advance(_num_records(data), epoch, index, batch_size))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def advance(n: int, epoch, index, size: int) -> tuple[jax.Array, jax.Array]:
+  """(epoch, index) after ``size`` more positions: int32 scalars (jitted: one
+  dispatch when called eagerly, inlined inside ``jit``)."""
+  advanced = jnp.asarray(index).astype(_U32) + _U32(size)
+  wrapped = advanced >= _U32(n)
   epoch = (epoch + wrapped).astype(jnp.int32)
-  return batch, epoch, jnp.where(wrapped, advanced - n, advanced).astype(jnp.int32)
+  return epoch, jnp.where(wrapped, advanced - _U32(n), advanced).astype(jnp.int32)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import functools
 import logging
 import os
 import threading
@@ -38,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tfds_jax import _array_record
+from tfds_jax import _sharding
 from tfds_jax import _source
 from tfds_jax import _tfds
 from tfds_jax._source import Source, SourceState
@@ -48,7 +48,7 @@ log = logging.getLogger("tfds_jax")
 RANDOM_ACCESS = "random_access"
 TF_DATA = "tf.data"
 _STREAM_FIX = "pass preprocess= that resizes or pads them per record (or a decoder)"
-_Key = tuple  # (epoch, index, size, seed or None): a batch's position
+_Key = tuple  # (epoch, index, size, seed or None[, rows]): a batch (or this process's rows of it)
 
 
 class Stream:
@@ -106,16 +106,17 @@ class Stream:
     """feature name -> ``ShapeDtypeStruct`` of one record (no records are read)."""
     return dict(self._spec)
 
-  def next_batch(self, state: SourceState, batch_size: int) -> tuple[Batch, SourceState]:
+  def next_batch(self, state: SourceState, batch_size: int, *,
+                 sharding=None) -> tuple[Batch, SourceState]:
     """See :func:`tfds_jax.next_batch`."""
     _source._check_batch_size(self.num_records, batch_size)  # pylint: disable=protected-access
     key = (*_concrete_position(state, self.num_records), batch_size, _concrete_seed(state.seed))
-    batch = self._batch(key)
+    batch = self._sharded(key, sharding)
     epoch, index = _advance(key, self.num_records)
     return batch, SourceState(epoch=jnp.asarray(epoch, jnp.int32),
                               index=jnp.asarray(index, jnp.int32), seed=state.seed)
 
-  def batch_at(self, start: int, size: int, seed) -> Batch:
+  def batch_at(self, start: int, size: int, seed, *, sharding=None) -> Batch:
     """See :func:`tfds_jax.batch_at`; random-access streams only."""
     if self.mode != RANDOM_ACCESS:
       raise ValueError(
@@ -130,7 +131,27 @@ class Stream:
     _source._check_batch_size(self.num_records, size, "size")  # pylint: disable=protected-access
     epoch, index = divmod(start, self.num_records)
     seed = None if seed is None else int(_source.as_seed(seed))
-    return self._batch((epoch, index, size, seed))
+    return self._sharded((epoch, index, size, seed), sharding)
+
+  def _sharded(self, key: _Key, sharding) -> Batch:
+    """The batch at ``key``; with a sharding, each process reads only its rows."""
+    if sharding is None:
+      return self._batch(key)
+    size = key[2]
+    _sharding.batch_axes(sharding, size)
+    out = _sharding.batch_sharding(sharding)
+    if jax.process_count() == 1:
+      return jax.device_put(self._batch(key), out)
+    if self.mode != RANDOM_ACCESS:
+      raise ValueError(
+          f"Expected a random-access stream in a multi-process run, got a tf.data stream of"
+          f" {self.name}[{self.split}] (TFRecord files), which cannot read one process's rows"
+          f" alone; prepare it as ArrayRecord: `tfds-jax prepare {self.name} --file-format"
+          " array_record`.")
+    rows = tuple(int(r) for r in _sharding.process_rows(sharding, size))
+    local = self._batch((*key, rows))
+    return {k: jax.make_array_from_process_local_data(out, v, (size,) + v.shape[1:])
+            for k, v in local.items()}
 
   def _batch(self, key: _Key) -> Batch:
     with self._lock:
@@ -160,15 +181,16 @@ class Stream:
 
   def _fetch(self, key: _Key) -> Batch:
     """Runs on a worker: the batch at ``key``, decoded and on the device."""
-    epoch, index, size, seed = key
-    rows = np.asarray(_cpu_record_indices(self.num_records, epoch, index, size, seed))
+    epoch, index, size, seed = key[:4]
+    offsets = key[4] if len(key) > 4 else range(size)  # this process's rows, or all
+    rows = np.asarray(_cpu_record_indices(self.num_records, epoch, index, offsets, seed))
     tensors = self._reader.read_tensors(rows)
     return {k: _to_jax(k, v, self._spec[k].dtype, self._device, self._reader.label)
             for k, v in tensors.items()}
 
   def _tf_data(self, key: _Key) -> Batch:
     tf, _ = _tfds.import_tf()
-    epoch, index, size, seed = key
+    epoch, index, size, seed = key[:4]
     resumed = self._expected != key
     if resumed:
       self._iterator = None
@@ -230,17 +252,17 @@ def _advance(key: _Key, n: int) -> tuple[int, int]:
   return (epoch + 1, index + size - n) if index + size >= n else (epoch, index + size)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _record_indices(n, epoch, index, size, seed):
-  return _source.record_indices(n, epoch, index, size, seed)
+_indices_at = jax.jit(_source.indices_at, static_argnums=0)
 
 
-def _cpu_record_indices(n: int, epoch: int, index: int, size: int, seed: int | None) -> jax.Array:
-  """record_indices computed on the host CPU, whatever JAX's default device is."""
-  cpu = jax.devices("cpu")[0]
+def _cpu_record_indices(n: int, epoch: int, index: int, offsets: Iterable[int],
+                        seed: int | None) -> jax.Array:
+  """Records at positions ``index + offsets``, computed on the host CPU whatever
+  JAX's default device is."""
+  cpu = jax.local_devices(backend="cpu")[0]
   put = lambda x, dtype: jax.device_put(np.asarray(x, dtype), cpu)  # noqa: E731
-  return _record_indices(n, put(epoch % 2**32, np.uint32), put(index, np.int32), size,
-                         None if seed is None else put(seed, np.uint32))
+  return _indices_at(n, put(epoch % 2**32, np.uint32), put(index, np.int32),
+                     put(list(offsets), np.int32), None if seed is None else put(seed, np.uint32))
 
 
 def _to_jax(key: str, tensor, dtype, device, label: str) -> jax.Array:

@@ -278,7 +278,7 @@ def memory_free() -> tuple[int, str]:
 
 
 def _memory() -> tuple[int, int, str]:
-  device = jax.devices()[0]
+  device = jax.local_devices()[0]
   stats = device.memory_stats() if device.platform != "cpu" else None
   if stats and stats.get("bytes_limit"):
     return int(stats["bytes_limit"]), int(stats["bytes_limit"] - stats.get("bytes_in_use", 0)), device.device_kind
@@ -301,14 +301,17 @@ def human(nbytes: float) -> str:
 def _beam_download_config(config, workers: int):
   """A DownloadConfig whose Beam pipelines run on DirectRunner with ``workers`` processes."""
   _, tfds = import_tf()
-  if not isinstance(workers, int) or workers < 1:
-    raise ValueError(f"Expected beam_num_workers to be a positive int, got {workers!r}.")
+  if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
+    raise ValueError(f"Expected beam_num_workers to be a positive int, got {workers!r};"
+                     " pass the number of Beam DirectRunner processes, 1 or more.")
+  workers = int(workers)
   try:
     from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
   except ImportError as e:
     raise ImportError(
         f"Expected apache-beam to be installed for beam_num_workers={workers}, got"
-        " ImportError; install it with `pip install apache-beam`."
+        " ImportError; install it with `pip install apache-beam` (in a tfds_jax checkout,"
+        " `uv run --extra beam` installs the pinned version)."
     ) from e
   options = PipelineOptions(
       direct_num_workers=workers, direct_running_mode="multi_processing" if workers > 1 else "in_memory")

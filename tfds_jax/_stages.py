@@ -1,0 +1,408 @@
+"""Stages: pure batch transforms, composed with :func:`chain`.
+
+A :class:`Stage` maps ``(keys, batch) -> batch``. ``keys`` holds one
+``jax.random`` key per record, derived from the run's seed and the record's
+global position (epoch, position in epoch) alone, so augmentation is the same
+whatever the batch size, the number of devices or processes, and however the
+run was resumed. Stages must treat records independently (no statistics over
+the batch), which is what makes that true.
+
+A stage is a pytree: its arrays (normalization statistics, say) are leaves
+passed into ``jit`` as arguments, and its function and options are static, so
+equal stages never retrace.
+
+Example:
+  >>> import numpy as np, jax, tfds_jax
+  >>> augment = tfds_jax.chain(
+  ...     tfds_jax.to_float(),
+  ...     tfds_jax.random_flip(),
+  ...     tfds_jax.one_hot(10))
+  >>> batch = {"image": np.zeros((2, 4, 4, 1), np.uint8), "label": np.array([3, 7])}
+  >>> keys = tfds_jax.record_keys(0, 0, 0, 2, 100)
+  >>> augment(keys, batch)["label"].shape
+  (2, 10)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from tfds_jax._types import Batch
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Stage:
+  """A pure batch transform: ``stage(keys, batch) -> batch``.
+
+  Make one with :func:`stage` or a built-in (:func:`to_float`,
+  :func:`normalize`, :func:`random_flip`, :func:`random_crop`,
+  :func:`one_hot`), compose with :func:`chain`.
+
+  Attributes:
+    fn: ``fn(keys, batch, params, **options) -> batch`` (static).
+    params: a pytree of arrays the stage reads (leaves, passed into ``jit``).
+    options: static keyword options, as a tuple of (name, value) pairs.
+  """
+
+  fn: Callable[..., Batch]
+  params: Any = ()
+  options: tuple = ()
+
+  def __call__(self, keys: jax.Array, batch: Mapping[str, jax.Array]) -> Batch:
+    """Applies the stage; ``keys`` is a key array of shape ``[batch_size]``."""
+    return self.fn(keys, dict(batch), self.params, **dict(self.options))
+
+
+jax.tree_util.register_dataclass(Stage, data_fields=["params"], meta_fields=["fn", "options"])
+
+
+def stage(fn: Callable, *, params: Any = None, random: bool = False, **options) -> Stage:
+  """Wraps a user function as a :class:`Stage`.
+
+  Args:
+    fn: a pure function of a batch (a dict of ``[batch_size, ...]`` arrays):
+      ``fn(batch, **options)``; with ``params``, ``fn(batch, params,
+      **options)``; with ``random=True`` it takes the per-record keys
+      (key array ``[batch_size]``) first: ``fn(keys, batch, ...)``. It must
+      treat records independently.
+    params: optional pytree of arrays ``fn`` reads; passed into ``jit`` as
+      arguments, never baked in as constants.
+    random: whether ``fn`` takes the per-record keys.
+    **options: static, hashable options passed to ``fn`` as keywords.
+
+  Returns:
+    A :class:`Stage`.
+
+  Example:
+    >>> import numpy as np, tfds_jax
+    >>> double = tfds_jax.stage(lambda b: {**b, "x": 2 * b["x"]})
+    >>> double(None, {"x": np.arange(3)})["x"].tolist()
+    [0, 2, 4]
+  """
+  if not callable(fn):
+    raise TypeError(f"Expected a function of a batch, got {fn!r}; pass a callable.")
+  return Stage(_user, params, _options(fn=fn, random=random, has_params=params is not None,
+                                       **options))
+
+
+def _user(keys, batch, params, *, fn, random, has_params, **options):
+  args = (keys, batch) if random else (batch,)
+  out = fn(*args, params, **options) if has_params else fn(*args, **options)
+  if not isinstance(out, Mapping):
+    raise TypeError(f"Expected stage {fn!r} to return a dict of arrays, got {type(out).__name__};"
+                    " return the whole batch, e.g. {**batch, 'image': new_image}.")
+  return dict(out)
+
+
+def chain(*stages: Stage | Callable[[Batch], Batch]) -> Stage:
+  """Composes stages left to right, like ``optax.chain``.
+
+  Each stage gets its own keys, ``fold_in(key, i)`` for the ``i``-th stage, so
+  adding a stage never changes the randomness of the others before it.
+
+  Args:
+    *stages: :class:`Stage` objects, or plain functions ``fn(batch) -> batch``
+      (wrapped with :func:`stage`).
+
+  Returns:
+    A :class:`Stage` applying them in order.
+
+  Example:
+    >>> import numpy as np, tfds_jax
+    >>> prep = tfds_jax.chain(tfds_jax.to_float(scale=1.0), tfds_jax.one_hot(3))
+    >>> out = prep(None, {"image": np.ones((1, 2, 2, 1), np.uint8), "label": np.array([2])})
+    >>> out["image"].dtype, out["label"].tolist()
+    (dtype('float32'), [[0.0, 0.0, 1.0]])
+  """
+  wrapped = tuple(s if isinstance(s, Stage) else stage(s) for s in stages)
+  return Stage(_chain, wrapped)
+
+
+def _chain(keys, batch, stages):
+  for i, s in enumerate(stages):
+    batch = s(None if keys is None else _fold(keys, i), batch)
+  return batch
+
+
+def _fold(keys: jax.Array, i: int) -> jax.Array:
+  return jax.vmap(jax.random.fold_in, (0, None))(keys, i)
+
+
+def record_keys(
+    seed: jax.typing.ArrayLike,
+    epoch: jax.typing.ArrayLike,
+    index: jax.typing.ArrayLike,
+    size: int | jax.Array,
+    num_records: int,
+) -> jax.Array:
+  """One key per record of the batch at (epoch, index), from its global position.
+
+  The key of the record at position ``i`` of epoch ``e`` is
+  ``fold_in(fold_in(key(seed), e), i)``: it depends on nothing else, so the
+  same record in the same epoch gets the same augmentation whatever the batch
+  size, device count or resume point.
+
+  Args:
+    seed: uint32 (or int) seed of the run.
+    epoch: int scalar, the epoch of the first position.
+    index: int scalar in ``[0, n)``, the first position within that epoch.
+    size: batch size (static int), or an int32 array of row offsets from
+      ``index`` (each below ``num_records``) for a slice of a batch.
+    num_records: dataset size ``n`` (static).
+
+  Returns:
+    A typed key array, one key per row.
+
+  Example:
+    >>> import tfds_jax
+    >>> tfds_jax.record_keys(0, 0, 3, 4, 5).shape
+    (4,)
+  """
+  offsets = jnp.arange(size, dtype=jnp.uint32) if isinstance(size, (int, np.integer)) else size
+  n = jnp.uint32(num_records)
+  pos = _u32(index) + _u32(offsets)
+  wrapped = pos >= n
+  epochs = _u32(epoch) + wrapped.astype(jnp.uint32)
+  pos = jnp.where(wrapped, pos - n, pos)
+  base = jax.random.key(_u32(seed))
+  fold = jax.vmap(lambda e, i: jax.random.fold_in(jax.random.fold_in(base, e), i))
+  return fold(epochs, pos)
+
+
+def _u32(x: jax.typing.ArrayLike) -> jax.Array:
+  """uint32 of an int (any size, modulo 2**32) or an integer array."""
+  if isinstance(x, (int, np.integer)):
+    return jnp.asarray(int(x) % 2**32, jnp.uint32)
+  return jnp.asarray(x).astype(jnp.uint32)
+
+
+def _options(**options) -> tuple:
+  for name, value in options.items():
+    try:
+      hash(value)
+    except TypeError:
+      raise TypeError(f"Expected option {name}={value!r} to be hashable (static), got"
+                      f" {type(value).__name__}; pass a tuple, or pass arrays as params=.") from None
+  return tuple(sorted(options.items()))
+
+
+def _features(features: str | Sequence[str]) -> tuple[str, ...]:
+  return (features,) if isinstance(features, str) else tuple(features)
+
+
+def _present(batch: Batch, features: tuple[str, ...], what: str) -> None:
+  missing = [f for f in features if f not in batch]
+  if missing:
+    raise KeyError(f"Expected features {list(features)} for {what}, got a batch with"
+                   f" {sorted(batch)} (missing {missing}); pass features=[...] naming them.")
+
+
+def to_float(features: str | Sequence[str] = "image", *, scale: float = 1 / 255,
+             dtype: Any = jnp.float32) -> Stage:
+  """Converts features to floats and multiplies them by ``scale``.
+
+  Args:
+    features: feature name(s) to convert.
+    scale: multiplier applied after the conversion (``1/255`` maps uint8
+      pixels to ``[0, 1]``); pass 1.0 before :func:`normalize` with computed
+      statistics, which are in raw units.
+    dtype: floating dtype of the result.
+
+  Returns:
+    A deterministic :class:`Stage`.
+
+  Example:
+    >>> import numpy as np, tfds_jax
+    >>> tfds_jax.to_float()(None, {"image": np.full((1, 1), 255, np.uint8)})["image"].tolist()
+    [[1.0]]
+  """
+  return Stage(_to_float, (), _options(features=_features(features), scale=float(scale),
+                                       dtype=jnp.dtype(dtype)))
+
+
+def _to_float(keys, batch, params, *, features, scale, dtype):
+  _present(batch, features, "to_float")
+  for f in features:
+    batch[f] = batch[f].astype(dtype) * jnp.asarray(scale, dtype)
+  return batch
+
+
+def normalize(stats: Any = None, *, mean: Any = None, std: Any = None,
+              features: str | Sequence[str] = "image") -> Stage:
+  """Subtracts a mean and divides by a standard deviation, per channel.
+
+  The result is float32 whatever the input dtype, so no :func:`to_float` is
+  needed first. Statistics from :func:`compute_statistics` are in the
+  source's raw units (0-255 pixels): apply ``normalize`` to raw values, or
+  after ``to_float(scale=1.0)``, never after a rescaling ``to_float()``.
+
+  Args:
+    stats: a :class:`Statistics` (from :func:`compute_statistics`, or restored
+      from a checkpoint): its ``mean`` and ``std`` of each named feature.
+    mean: instead of ``stats``: feature -> array (or one array for every
+      feature) broadcasting against a record, e.g. ``[C]`` per channel.
+    std: like ``mean``. Zero entries (constant channels) divide by 1.
+    features: feature name(s) to normalize.
+
+  Returns:
+    A deterministic :class:`Stage` whose statistics are pytree leaves.
+
+  Example:
+    >>> import numpy as np, tfds_jax
+    >>> norm = tfds_jax.normalize(mean=np.float32(2.0), std=np.float32(4.0), features="x")
+    >>> norm(None, {"x": np.array([6.0])})["x"].tolist()
+    [1.0]
+  """
+  features = _features(features)
+  if (stats is None) == (mean is None or std is None):
+    raise ValueError("Expected either stats= or both mean= and std=, got"
+                     f" stats={'given' if stats is not None else None}, mean={mean is not None},"
+                     f" std={std is not None}; pass one of them.")
+  if stats is not None:
+    mean, std = stats.mean, stats.std
+  params = {}
+  for f in features:
+    m = mean[f] if isinstance(mean, Mapping) else mean
+    s = std[f] if isinstance(std, Mapping) else std
+    params[f] = (jnp.asarray(m, jnp.float32), jnp.asarray(s, jnp.float32))
+  return Stage(_normalize, params)
+
+
+def _normalize(keys, batch, params):
+  _present(batch, tuple(params), "normalize")
+  for f, (mean, std) in params.items():
+    batch[f] = (batch[f] - mean) / jnp.where(std > 0, std, 1.0)
+  return batch
+
+
+def random_flip(features: str | Sequence[str] = "image", *, axis: int = -2,
+                probability: float = 0.5) -> Stage:
+  """Flips each record along ``axis`` with probability ``probability``.
+
+  All named features of one record flip together (an image and its mask).
+
+  Args:
+    features: feature name(s) to flip.
+    axis: record axis to reverse; ``-2`` is the width of ``[H, W, C]`` images
+      (a horizontal flip).
+    probability: chance that a record is flipped.
+
+  Returns:
+    A random :class:`Stage`.
+
+  Example:
+    >>> import numpy as np, tfds_jax
+    >>> flip = tfds_jax.random_flip("x", axis=-1, probability=1.0)
+    >>> flip(tfds_jax.record_keys(0, 0, 0, 1, 1), {"x": np.array([[1, 2, 3]])})["x"].tolist()
+    [[3, 2, 1]]
+  """
+  return Stage(_flip, (), _options(features=_features(features), axis=int(axis),
+                                   probability=float(probability)))
+
+
+def _flip(keys, batch, params, *, features, axis, probability):
+  _present(batch, features, "random_flip")
+  flip = jax.vmap(jax.random.bernoulli, (0, None))(_need(keys, "random_flip"), probability)
+  for f in features:
+    x = batch[f]
+    ax = axis % (x.ndim - 1) + 1  # the record's axis, counted in the batch
+    where = flip.reshape((-1,) + (1,) * (x.ndim - 1))
+    batch[f] = jnp.where(where, jnp.flip(x, ax), x)
+  return batch
+
+
+def random_crop(features: str | Sequence[str] = "image", *, padding: int = 4,
+                size: tuple[int, int] | None = None) -> Stage:
+  """Pads ``[H, W, C]`` records with zeros and crops a random window.
+
+  The usual CIFAR augmentation: pad by ``padding`` on each side, crop back to
+  ``size`` (default: the original ``H, W``) at a random offset per record.
+  All named features of one record use the same window.
+
+  Args:
+    features: feature name(s) of shape ``[batch, H, W, C]``.
+    padding: zeros added on each side of H and W.
+    size: ``(height, width)`` of the crop.
+
+  Returns:
+    A random :class:`Stage`.
+
+  Example:
+    >>> import numpy as np, tfds_jax
+    >>> crop = tfds_jax.random_crop(padding=2)
+    >>> keys = tfds_jax.record_keys(0, 0, 0, 3, 3)
+    >>> crop(keys, {"image": np.ones((3, 8, 8, 3), np.uint8)})["image"].shape
+    (3, 8, 8, 3)
+  """
+  if padding < 0:
+    raise ValueError(f"Expected padding >= 0, got {padding}; pass 0 or more pixels.")
+  return Stage(_crop, (), _options(features=_features(features), padding=int(padding),
+                                   size=None if size is None else tuple(int(s) for s in size)))
+
+
+def _crop(keys, batch, params, *, features, padding, size):
+  _present(batch, features, "random_crop")
+  keys = _need(keys, "random_crop")
+  shape = batch[features[0]].shape
+  if len(shape) != 4:
+    raise ValueError(f"Expected {features[0]!r} of shape [batch, H, W, C] for random_crop, got"
+                     f" {shape}; crop image features only.")
+  h, w = size or shape[1:3]
+  if h > shape[1] + 2 * padding or w > shape[2] + 2 * padding:
+    raise ValueError(f"Expected a crop of at most {shape[1] + 2 * padding}x"
+                     f"{shape[2] + 2 * padding} for {features[0]!r}, got {h}x{w}; use a smaller"
+                     " size= or more padding=.")
+  limits = jnp.array([shape[1] + 2 * padding - h + 1, shape[2] + 2 * padding - w + 1])
+  corners = jax.vmap(lambda k: jax.random.randint(k, (2,), 0, limits))(keys)
+  for f in features:
+    x = jnp.pad(batch[f], ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    window = (h, w, x.shape[3])
+    batch[f] = jax.vmap(lambda img, c: jax.lax.dynamic_slice(img, (c[0], c[1], 0), window))(
+        x, corners)
+  return batch
+
+
+def one_hot(num_classes: int, features: str | Sequence[str] = "label", *,
+            dtype: Any = jnp.float32) -> Stage:
+  """Replaces integer labels by one-hot vectors of length ``num_classes``.
+
+  Args:
+    num_classes: number of classes.
+    features: integer feature name(s).
+    dtype: dtype of the vectors.
+
+  Returns:
+    A deterministic :class:`Stage`.
+
+  Example:
+    >>> import numpy as np, tfds_jax
+    >>> tfds_jax.one_hot(3)(None, {"label": np.array([0, 2])})["label"].tolist()
+    [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
+  """
+  if not isinstance(num_classes, int) or num_classes < 1:
+    raise ValueError(f"Expected num_classes to be a positive int, got {num_classes!r}; pass"
+                     " e.g. info(source).features['label'].num_classes.")
+  return Stage(_one_hot, (), _options(num_classes=num_classes, features=_features(features),
+                                      dtype=jnp.dtype(dtype)))
+
+
+def _one_hot(keys, batch, params, *, num_classes, features, dtype):
+  _present(batch, features, "one_hot")
+  for f in features:
+    if not jnp.issubdtype(batch[f].dtype, jnp.integer):
+      raise TypeError(f"Expected integer labels in {f!r} for one_hot, got {batch[f].dtype};"
+                      " apply one_hot before converting labels.")
+    batch[f] = jax.nn.one_hot(batch[f], num_classes, dtype=dtype)
+  return batch
+
+
+def _need(keys, what: str) -> jax.Array:
+  if keys is None:
+    raise ValueError(f"Expected per-record keys for the random stage {what}, got None; run it"
+                     " in a pipeline, or pass record_keys(seed, epoch, index, size, n).")
+  return keys
