@@ -78,7 +78,11 @@ class _Records:
 
 def grain_epoch(arrays, batch_size: int, seed: int):
   import grain  # pylint: disable=import-outside-toplevel
-  ds = grain.MapDataset.source(_Records(arrays)).shuffle(seed=seed).batch(batch_size)
+  return drain(grain.MapDataset.source(_Records(arrays)).shuffle(seed=seed).batch(batch_size))
+
+
+def drain(ds) -> int:
+  """Reads every batch of a Grain MapDataset onto the JAX device; returns the records read."""
   count = 0
   for i in range(len(ds)):
     batch = ds[i]

@@ -125,15 +125,7 @@ def grain(arrays, mean: np.ndarray, std: np.ndarray, batch_size: int, seed: int)
   ds = gr.MapDataset.source(peers._Records(arrays)).shuffle(seed=seed)  # pylint: disable=protected-access
   ds = ds.random_map(augment, seed=seed).batch(batch_size)
 
-  def epoch():
-    count = 0
-    for i in range(len(ds)):
-      batch = ds[i]
-      jax.block_until_ready(jax.device_put(batch))
-      count += len(batch["label"])
-    return count
-
-  return epoch, lambda: jax.device_put(ds[0])
+  return functools.partial(peers.drain, ds), lambda: jax.device_put(ds[0])
 
 
 def check_same_work(batches: dict) -> None:
