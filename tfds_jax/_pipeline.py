@@ -202,8 +202,7 @@ def _whole(args, size):
 @functools.partial(jax.jit, static_argnames="size")
 def _next(args, size):
   pipe, epoch, index, _ = args
-  return (_rows(args, jnp.arange(size, dtype=jnp.int32)),
-          *_source.advance(pipe.num_records, epoch, index, size))
+  return (_whole(args, size), *_source.advance(pipe.num_records, epoch, index, size))
 
 
 @functools.partial(jax.jit, static_argnums=5)

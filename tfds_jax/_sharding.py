@@ -103,7 +103,12 @@ def shard(rows_fn: Callable[[Any, jax.Array], dict], args: Any, size: int,
         "Expected to be called outside jit in a multi-process run, got traced arguments;"
         " call next_batch / batch_at with sharding= in Python and pass the global batch"
         " into your jitted step.")
-  local = _jitted(rows_fn)(args, process_rows(sharding, size))
+  return assemble(_jitted(rows_fn)(args, process_rows(sharding, size)), size, sharding)
+
+
+def assemble(local: dict, size: int, sharding: NamedSharding) -> dict:
+  """The global batch from this process's rows (``process_rows``) of it."""
+  out = batch_sharding(sharding)
   return {k: jax.make_array_from_process_local_data(out, v, (size,) + v.shape[1:])
           for k, v in local.items()}
 

@@ -139,9 +139,8 @@ class Stream:
       return self._batch(key)
     size = key[2]
     _sharding.batch_axes(sharding, size)
-    out = _sharding.batch_sharding(sharding)
     if jax.process_count() == 1:
-      return jax.device_put(self._batch(key), out)
+      return jax.device_put(self._batch(key), _sharding.batch_sharding(sharding))
     if self.mode != RANDOM_ACCESS:
       raise ValueError(
           f"Expected a random-access stream in a multi-process run, got a tf.data stream of"
@@ -149,9 +148,7 @@ class Stream:
           f" alone; prepare it as ArrayRecord: `tfds-jax prepare {self.name} --file-format"
           " array_record`.")
     rows = tuple(int(r) for r in _sharding.process_rows(sharding, size))
-    local = self._batch((*key, rows))
-    return {k: jax.make_array_from_process_local_data(out, v, (size,) + v.shape[1:])
-            for k, v in local.items()}
+    return _sharding.assemble(self._batch((*key, rows)), size, sharding)
 
   def _batch(self, key: _Key) -> Batch:
     with self._lock:
