@@ -7,7 +7,8 @@ plots in benchmarks/results/core.png):
               permutation in the same loop; and per-step jitted calls from Python,
               against the same gather called per step, its position either passed
               from Python (calls independent, free to overlap) or carried on the
-              device from call to call (serialized, as next_batch's state is).
+              device from call to call (serialized, as next_batch's state is), or
+              made to run the way next_batch's program runs on XLA:CPU (below).
   stall       per-step time around epoch boundaries / median step time.
   batch_at_n  batch_at cost per record as the dataset grows from 1e3 to 1e7 records.
 
@@ -140,6 +141,22 @@ def throughput(name: str, arrays, batch_sizes, repeats: int, seed: int = 42) -> 
         out, i = step_gather_carried(source.data, order, i)
       return out
 
+    # XLA:CPU runs a program inline on the calling thread when its estimated
+    # cost is below 1,000 flops (HloCostAnalysis; a bare gather is about 800)
+    # and hands it to a worker thread otherwise (next_batch: the cipher alone
+    # is tens of thousands). The same gather plus an independent output of
+    # ~9,000 estimated flops (about a microsecond of real work) takes the
+    # worker-thread path too: how much of the per-step gap is that hand-off.
+    step_gather_worker = jax.jit(lambda data, order, i: ({
+        k: take_rows(v, jax.lax.dynamic_slice(order, (i * b,), (b,))) for k, v in data.items()},
+        jnp.sum(jnp.arange(4096, dtype=jnp.uint32) * i.astype(jnp.uint32))))
+
+    def python_loop_limit_worker():
+      out = None
+      for i in steps_i:
+        out = step_gather_worker(source.data, order, i)
+      return out
+
     def python_loop_next_batch():
       state, out = shuffled, None
       for _ in range(steps):
@@ -153,6 +170,7 @@ def throughput(name: str, arrays, batch_sizes, repeats: int, seed: int = 42) -> 
         "sequential": lambda: nb_loop(source, tfds_jax.init(source)),
         "python_limit": python_loop_limit,
         "python_limit_carried": python_loop_limit_carried,
+        "python_limit_worker": python_loop_limit_worker,
         "python_next_batch": python_loop_next_batch,
     }, repeats)
     # Same records, or the comparison is meaningless.
@@ -166,11 +184,13 @@ def throughput(name: str, arrays, batch_sizes, repeats: int, seed: int = 42) -> 
         "batch_at_fori_rps": recs / t_ba, "sequential_fori_rps": recs / t_seq,
         "limit_python_rps": recs / t_py_limit, "next_batch_python_rps": recs / t_py_nb,
         "limit_python_carried_rps": recs / t_py_carried,
+        "limit_python_worker_rps": recs / t["python_limit_worker"],
     }
     row["next_batch_fori_vs_limit"] = row["next_batch_fori_rps"] / row["limit_fori_rps"]
     row["batch_at_fori_vs_limit"] = row["batch_at_fori_rps"] / row["limit_fori_rps"]
     row["next_batch_python_vs_limit"] = row["next_batch_python_rps"] / row["limit_python_rps"]
     row["next_batch_python_vs_limit_carried"] = row["next_batch_python_rps"] / row["limit_python_carried_rps"]
+    row["next_batch_python_vs_limit_worker"] = row["next_batch_python_rps"] / row["limit_python_worker_rps"]
     print(json.dumps(row), flush=True)
     rows.append(row)
   return rows
@@ -232,6 +252,7 @@ def plot(results: dict, path: Path) -> None:
   keys = [("limit_fori_rps", "limit: precomputed perm (fori)"), ("next_batch_fori_rps", "next_batch (fori)"),
           ("batch_at_fori_rps", "batch_at (fori)"), ("sequential_fori_rps", "sequential (fori)"),
           ("limit_python_rps", "limit, per-step jit"), ("limit_python_carried_rps", "limit, per-step jit, position carried"),
+          ("limit_python_worker_rps", "limit, per-step jit, XLA:CPU worker thread"),
           ("next_batch_python_rps", "next_batch, per-step jit")]
   width = 0.8 / len(keys)
   for i, (key, label) in enumerate(keys):

@@ -128,11 +128,11 @@ import tfds_jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tfds_jax import _array_record
 read = []
-original = _array_record.RandomAccessReader.read_tensors
+original = _array_record.RandomAccessReader.records
 def spy(self, rows):
   read.extend(int(r) for r in rows)
   return original(self, rows)
-_array_record.RandomAccessReader.read_tensors = spy
+_array_record.RandomAccessReader.records = spy
 sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data"))
 rng = np.random.default_rng(3)
 src = tfds_jax.from_arrays({"image": rng.integers(0, 256, (53, 4, 4, 3)).astype(np.uint8), "label": np.arange(53)})

@@ -97,6 +97,25 @@ def test_jumps_and_repeats_give_the_batch_of_the_state(ra, eager):
     _equal(tfds_jax.next_batch(ra, st_, 8)[0], tfds_jax.next_batch(eager, st_, 8)[0])
 
 
+@settings(max_examples=10)
+@given(split=st.sampled_from(["train", "train[5:30]+test[2:9]", "test[:50%]+train[-3:]"]),
+       data=st.data())
+def test_records_by_index_equal_tfds_data_source(dirs, split, data):
+  """Our direct ArrayRecord reads return TFDS's records, across files and slices."""
+  from tfds_jax import _array_record  # pylint: disable=import-outside-toplevel
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  b = tfds.builder("toy_images", data_dir=dirs["array_record"])
+  theirs = b.as_data_source(split=split).data_source
+  ours = _array_record.Records(b.info.splits[split].file_instructions)
+  try:
+    assert len(ours) == len(theirs)
+    indices = data.draw(st.lists(st.integers(0, len(ours) - 1), min_size=1, max_size=40))
+    assert ours.read(indices) == theirs.__getitems__(indices)
+  finally:
+    ours.close()
+    theirs.__exit__(None, None, None)
+
+
 @pytest.mark.parametrize("threads,read_ahead", [(1, 0), (1, 3), (4, 1)])
 def test_results_do_not_depend_on_threads(dirs, eager, threads, read_ahead):
   with tfds_jax.stream("toy_images", "train", data_dir=dirs["array_record"], exclude_keys=["id"],
@@ -223,12 +242,20 @@ def test_close_stops_threads_and_closes_files(dirs):
   with tfds_jax.stream("toy_images", "train", data_dir=dirs["array_record"], exclude_keys=["id"],
                        num_threads=3, read_ahead=2) as s:
     _run(s, tfds_jax.init(s, shuffle=True), 4, 5)
-    assert sum(t.name.startswith(s.thread_name) for t in threading.enumerate()) == 3
+    assert sum(t.name.startswith(s.thread_name) for t in threading.enumerate()) == 3 + 1  # readers, decoder
   assert not any(t.name.startswith(s.thread_name) for t in threading.enumerate())
   assert threading.active_count() <= threads and _open_files() <= files
   with pytest.raises(ValueError, match="Expected an open stream, got a closed one"):
     tfds_jax.next_batch(s, tfds_jax.init(s), 4)
   s.close()  # closing twice is harmless
+
+
+@pytest.mark.parametrize("cores,read_ahead,expected", [(1, 2, 1), (2, 2, 1), (4, 2, 1), (8, 2, 3),
+                                                        (64, 2, 3), (64, 0, 1), (64, 9, 10)])
+def test_default_reader_threads_leave_small_machines_to_decoding(monkeypatch, cores, read_ahead, expected):
+  monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(cores)), raising=False)
+  assert _stream.default_threads(_stream.RANDOM_ACCESS, read_ahead) == expected
+  assert _stream.default_threads(_stream.TF_DATA, read_ahead) == read_ahead + 1
 
 
 def _fail_on_record_three(record):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import os
 import sys
 import threading
 from typing import Any, Callable, Mapping
@@ -50,6 +51,58 @@ def record_decoder(b, keys: list[str], *, decoders: Mapping[str, Any] | None,
   return decode, {k: tf.type_spec_from_value(v) for k, v in traced.structured_outputs.items()}
 
 
+class Records:
+  """The serialized records of a split (or a slice of one), read by index.
+
+  Straight from the split's ArrayRecord files, one reader per file opened on
+  first use, each file's records fetched with one ``read`` call; the indices
+  map to files by TFDS's file instructions, exactly as ``tfds.data_source``
+  maps them (which would also start a thread pool on every call: twice the
+  time for a batch of small records).
+
+  Args:
+    instructions: ``info.splits[split].file_instructions``.
+  """
+
+  def __init__(self, instructions):
+    self._files = [os.fspath(fi.filename) for fi in instructions]
+    self._skips = [int(fi.skip) for fi in instructions]
+    self._starts = np.cumsum([0] + [int(fi.take) for fi in instructions])
+    self._readers: list[Any] = [None] * len(self._files)
+    self._opening = threading.Lock()
+
+  def __len__(self) -> int:
+    return int(self._starts[-1])
+
+  def read(self, indices) -> list[bytes]:
+    """The serialized records at ``indices`` (ints in ``[0, len)``), in that order."""
+    indices = np.asarray(indices, np.int64).reshape(-1)
+    files = np.searchsorted(self._starts, indices, side="right") - 1
+    records: list[bytes] = [b""] * len(indices)
+    for f in np.unique(files).tolist():
+      rows = np.flatnonzero(files == f)
+      positions = (indices[rows] - self._starts[f] + self._skips[f]).tolist()
+      for row, record in zip(rows.tolist(), self._reader(f).read(positions)):
+        records[row] = record
+    return records
+
+  def _reader(self, f: int):
+    with self._opening:
+      if self._readers[f] is None:
+        from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
+        self._readers[f] = array_record_module.ArrayRecordReader(  # as tfds.data_source opens them
+            self._files[f], options="readahead_buffer_size:0", file_reader_buffer_size=32768)
+      return self._readers[f]
+
+  def close(self) -> None:
+    """Closes the files opened so far."""
+    with self._opening:
+      for reader in self._readers:
+        if reader is not None:
+          reader.close()
+      self._readers = [None] * len(self._files)
+
+
 class RandomAccessReader:
   """Decodes the records of one ArrayRecord split at any indices.
 
@@ -76,7 +129,7 @@ class RandomAccessReader:
     tf, _ = _tfds.import_tf()
     self.label = label
     try:
-      self._raw = b.as_data_source(split=split).data_source
+      self._raw = Records(b.info.splits[split].file_instructions)
     except (KeyError, ValueError, AssertionError) as e:
       raise ValueError(
           f"Expected a split of {b.name!r} such as {sorted(b.info.splits.keys())} (slices like"
@@ -110,23 +163,26 @@ class RandomAccessReader:
 
   def _peek(self) -> list[dict]:
     count = min(8, self.num_records)
-    return [self._one(r) for r in self._raw.__getitems__(list(range(count)))]
+    return [self._one(r) for r in self._raw.read(range(count))]
 
-  def read_tensors(self, indices: np.ndarray) -> dict:
-    """Returns the decoded records at ``indices`` as TF tensors, batched.
+  def records(self, indices: np.ndarray) -> list[bytes]:
+    """Returns the serialized records at ``indices``, undecoded."""
+    return self._raw.read(indices)
+
+  def decode(self, indices: np.ndarray, records: list[bytes]) -> dict:
+    """Decodes ``records`` (read at ``indices``) in one TensorFlow call, batched.
 
     Raises:
       RuntimeError: decoding failed; the message names the first failing
         record's index and the original error.
     """
     tf, _ = _tfds.import_tf()
-    indices = [int(i) for i in indices]
-    records = self._raw.__getitems__(indices)
     serialized = tf.constant(records, tf.string)
     try:
       with self._decoding:  # one batch decodes at a time, on all cores: batches finish in order
         return self._decode_batch(serialized)
     except tf.errors.OpError as e:
+      indices = [int(i) for i in indices]
       for index, record in zip(indices, records):  # find the record to blame
         try:
           self._one(tf.constant(record, tf.string))
@@ -142,11 +198,11 @@ class RandomAccessReader:
   def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
     """Returns the decoded records at ``indices`` as numpy arrays in JAX's dtypes."""
     return {k: _tfds.to_jax_dtype(k, v.numpy(), self.spec[k][1], self.label)
-            for k, v in self.read_tensors(indices).items()}
+            for k, v in self.decode(indices, self.records(indices)).items()}
 
   def close(self) -> None:
     """Closes the ArrayRecord files."""
-    self._raw.__exit__(None, None, None)
+    self._raw.close()
 
 
 def read_all(reader: RandomAccessReader, *, num_threads: int = 2,

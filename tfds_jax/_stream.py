@@ -78,10 +78,14 @@ class Stream:
     self._expected: _Key | None = None  # tf.data: the key its iterator is at
     self._iterator = None
     self.thread_name = f"tfds_jax_stream_{id(self):x}"  # names this stream's workers
-    self._pool = (concurrent.futures.ThreadPoolExecutor(num_threads, thread_name_prefix=self.thread_name)
-                  if mode == RANDOM_ACCESS else None)
+    # Random access runs two stages: `num_threads` threads read records from
+    # the files, one thread decodes batches in order (TensorFlow spreads each
+    # decode over the cores). Reading batch k + 1 overlaps decoding batch k,
+    # and no two decodes compete for the cores, which keeps steps even.
+    pool = lambda n: concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix=self.thread_name)  # noqa: E731
+    self._reads, self._decodes = (pool(num_threads), pool(1)) if mode == RANDOM_ACCESS else (None, None)
     self._closed = False
-    self._finalizer = weakref.finalize(self, _shutdown, self._pool, reader)
+    self._finalizer = weakref.finalize(self, _shutdown, (self._reads, self._decodes), reader)
 
   def __repr__(self) -> str:
     spec = {k: f"{v.dtype}{list(v.shape)}" for k, v in self._spec.items()}
@@ -164,24 +168,32 @@ class Stream:
   def _random_access(self, key: _Key) -> Batch:
     if not self._queue or self._queue[0][0] != key:
       self._drop()  # an unexpected position: what was read ahead is of no use
-      self._queue.append((key, self._pool.submit(self._fetch, key)))
-    _, future = self._queue.popleft()
+      self._queue.append(self._submit(key))
+    _, _, future = self._queue.popleft()
     last = self._queue[-1][0] if self._queue else key
     while len(self._queue) < self._read_ahead:
       last = (*_advance(last, self.num_records), *last[2:])
-      self._queue.append((last, self._pool.submit(self._fetch, last)))
+      self._queue.append(self._submit(last))
     try:
       return future.result()
     except BaseException:
       self._drop()
       raise
 
-  def _fetch(self, key: _Key) -> Batch:
-    """Runs on a worker: the batch at ``key``, decoded and on the device."""
+  def _submit(self, key: _Key) -> tuple[_Key, concurrent.futures.Future, concurrent.futures.Future]:
+    read = self._reads.submit(self._read, key)
+    return key, read, self._decodes.submit(self._decode, read)
+
+  def _read(self, key: _Key) -> tuple[np.ndarray, list[bytes]]:
+    """Runs on a reader: the indices and serialized records of the batch at ``key``."""
     epoch, index, size, seed = key[:4]
     offsets = key[4] if len(key) > 4 else range(size)  # this process's rows, or all
-    rows = np.asarray(_cpu_record_indices(self.num_records, epoch, index, offsets, seed))
-    tensors = self._reader.read_tensors(rows)
+    rows = _cpu_record_indices(self.num_records, epoch, index, offsets, seed)
+    return rows, self._reader.records(rows)
+
+  def _decode(self, read: concurrent.futures.Future) -> Batch:
+    """Runs on the decoder, in submission order: a read batch, decoded and on the device."""
+    tensors = self._reader.decode(*read.result())
     return {k: _to_jax(k, v, self._spec[k].dtype, self._device, self._reader.label)
             for k, v in tensors.items()}
 
@@ -212,16 +224,18 @@ class Stream:
             for k, v in tensors.items()}
 
   def _drop(self) -> None:
-    for _, future in self._queue:
-      future.cancel()  # running ones finish on their own and are discarded
+    for _, read, decoded in self._queue:
+      decoded.cancel()  # running ones finish on their own and are discarded
+      read.cancel()
     self._queue.clear()
     self._last = None
     self._expected = None
 
 
-def _shutdown(pool, reader) -> None:
-  if pool is not None:
-    pool.shutdown(wait=True, cancel_futures=True)
+def _shutdown(pools, reader) -> None:
+  for pool in pools:  # readers first: a decode waiting on a cancelled read ends at once
+    if pool is not None:
+      pool.shutdown(wait=True, cancel_futures=True)
   reader.close()
 
 
@@ -253,13 +267,13 @@ _indices_at = jax.jit(_source.indices_at, static_argnums=0)
 
 
 def _cpu_record_indices(n: int, epoch: int, index: int, offsets: Iterable[int],
-                        seed: int | None) -> jax.Array:
+                        seed: int | None) -> np.ndarray:
   """Records at positions ``index + offsets``, computed on the host CPU whatever
-  JAX's default device is."""
-  cpu = jax.local_devices(backend="cpu")[0]
-  put = lambda x, dtype: jax.device_put(np.asarray(x, dtype), cpu)  # noqa: E731
-  return _indices_at(n, put(epoch % 2**32, np.uint32), put(index, np.int32),
-                     put(list(offsets), np.int32), None if seed is None else put(seed, np.uint32))
+  JAX's default device is (numpy arguments: no separate transfers)."""
+  with jax.default_device(jax.local_devices(backend="cpu")[0]):
+    return np.asarray(_indices_at(n, np.uint32(epoch % 2**32), np.int32(index),
+                                  np.asarray(list(offsets), np.int32),
+                                  None if seed is None else np.uint32(seed)))
 
 
 def _to_jax(key: str, tensor, dtype, device, label: str) -> jax.Array:
@@ -359,7 +373,7 @@ def stream(
   :func:`load` with the same seed, and any saved state resumes at once.
   TFRecord datasets stream through tf.data (shuffle buffer, resume by
   re-reading). Records of one batch are decoded in one TensorFlow call, with
-  ``num_threads`` batches in flight and ``read_ahead`` batches read ahead.
+  ``read_ahead`` batches read and decoded ahead of the one asked for.
 
   Args:
     name: TFDS name, as for :func:`load`.
@@ -374,9 +388,12 @@ def stream(
       variable-shape features fixed (resize, pad, crop).
     read_ahead: batches read ahead of the one asked for (a fixed bound, never
       autotuned); 0 reads on demand.
-    num_threads: worker threads (default ``read_ahead + 1``: one per batch in
-      flight; decoding runs in TensorFlow, outside the GIL). For tf.data
-      streams, the records decoded in parallel.
+    num_threads: random access: threads reading records from the files, while
+      one more thread decodes batches in order (each decode is spread over
+      the cores inside TensorFlow); default ``read_ahead + 1``, but no more
+      than half the cores minus one, so that on small machines reads do not
+      compete with decoding (1 on 2 cores). tf.data: records decoded in
+      parallel (default ``read_ahead + 1``).
     shuffle_buffer_size: tf.data streams only: records in the shuffle buffer.
     mode: ``"random_access"`` or ``"tf.data"``; default: random access when the
       files are ArrayRecord, else tf.data.
@@ -412,9 +429,7 @@ def stream(
         f" ({sorted(include_keys)} and {sorted(exclude_keys)}); keep one.")
   if not isinstance(read_ahead, int) or read_ahead < 0:
     raise ValueError(f"Expected read_ahead to be an int >= 0, got {read_ahead!r}.")
-  if num_threads is None:
-    num_threads = read_ahead + 1
-  if not isinstance(num_threads, int) or num_threads < 1:
+  if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
     raise ValueError(f"Expected num_threads to be a positive int, got {num_threads!r}.")
   if mode not in (None, RANDOM_ACCESS, TF_DATA):
     raise ValueError(f"Expected mode to be None, {RANDOM_ACCESS!r} or {TF_DATA!r}, got {mode!r}.")
@@ -432,6 +447,8 @@ def stream(
     raise ValueError(f"Expected TFRecord files for a tf.data stream of {b.name!r}, got ArrayRecord"
                      f" files in {b.data_dir}; use mode='random_access' (the default for them).")
   mode = RANDOM_ACCESS if array_record else TF_DATA
+  if num_threads is None:
+    num_threads = default_threads(mode, read_ahead)
   _tfds._split_size(b, split)  # pylint: disable=protected-access  # unknown split: clear error
   keys, asked = _tfds.select_keys(b, as_supervised=as_supervised, include_keys=include_keys,
                                   exclude_keys=exclude_keys, decoders=decoders)
@@ -447,6 +464,14 @@ def stream(
                            read_ahead=read_ahead, num_threads=num_threads)
   return Stream(name=full_name, split=split, info=_tfds.info_ref(b), reader=reader, mode=mode,
                 read_ahead=read_ahead, num_threads=num_threads, device=device)
+
+
+def default_threads(mode: str, read_ahead: int) -> int:
+  """``stream``'s default ``num_threads`` on this machine (see its docstring)."""
+  if mode == TF_DATA:
+    return read_ahead + 1
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+  return max(1, min(read_ahead + 1, cores // 2 - 1))
 
 
 def decoded_bytes(b, split: str, keys: list[str], decoders) -> tuple[int | None, int]:
