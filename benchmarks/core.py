@@ -68,6 +68,13 @@ def machine() -> str:
   return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} on {jax.default_backend()}"
 
 
+def estimated_flops(fn, *args, **kwargs) -> float:
+  """XLA's cost estimate (HloCostAnalysis flops) of jitted ``fn``'s program:
+  XLA:CPU runs a program on the calling thread below 1,000, else on a worker."""
+  cost = fn.lower(*args, **kwargs).compile().cost_analysis()
+  return float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+
+
 def make_arrays(n: int, shape: tuple[int, ...], seed: int = 0) -> dict[str, np.ndarray]:
   rng = np.random.default_rng(seed)
   return {"image": rng.integers(0, 256, (n, *shape), dtype=np.uint8),
@@ -142,10 +149,10 @@ def throughput(name: str, arrays, batch_sizes, repeats: int, seed: int = 42) -> 
       return out
 
     # XLA:CPU runs a program inline on the calling thread when its estimated
-    # cost is below 1,000 flops (HloCostAnalysis; a bare gather is about 800)
-    # and hands it to a worker thread otherwise (next_batch: the cipher alone
-    # is tens of thousands). The same gather plus an independent output of
-    # ~9,000 estimated flops (about a microsecond of real work) takes the
+    # cost is below 1,000 flops (HloCostAnalysis; a bare batch-128 gather is
+    # under it) and hands it to a worker thread otherwise (next_batch: the
+    # cipher's integer ops count). The same gather plus an independent output
+    # of ~9,000 estimated flops (about a microsecond of real work) takes the
     # worker-thread path too: how much of the per-step gap is that hand-off.
     step_gather_worker = jax.jit(lambda data, order, i: ({
         k: take_rows(v, jax.lax.dynamic_slice(order, (i * b,), (b,))) for k, v in data.items()},
@@ -156,6 +163,18 @@ def throughput(name: str, arrays, batch_sizes, repeats: int, seed: int = 42) -> 
       for i in steps_i:
         out = step_gather_worker(source.data, order, i)
       return out
+
+    # The cheapest index computation there is (one multiply, add and modulo
+    # per index, no shuffle quality): its estimated cost, for scale.
+    step_gather_affine = jax.jit(lambda data, i: {
+        k: take_rows(v, (jnp.arange(b, dtype=jnp.int32) + i * b) * 7919 % n) for k, v in data.items()})
+    flops = {
+        "gather": estimated_flops(step_gather, source.data, order, steps_i[0]),
+        "gather_worker": estimated_flops(step_gather_worker, source.data, order, steps_i[0]),
+        "gather_affine_index": estimated_flops(step_gather_affine, source.data, steps_i[0]),
+        "next_batch": estimated_flops(jax.jit(tfds_jax.next_batch, static_argnames="batch_size"),
+                                      source, shuffled, batch_size=b),
+    }
 
     def python_loop_next_batch():
       state, out = shuffled, None
@@ -185,6 +204,7 @@ def throughput(name: str, arrays, batch_sizes, repeats: int, seed: int = 42) -> 
         "limit_python_rps": recs / t_py_limit, "next_batch_python_rps": recs / t_py_nb,
         "limit_python_carried_rps": recs / t_py_carried,
         "limit_python_worker_rps": recs / t["python_limit_worker"],
+        "estimated_flops": flops,
     }
     row["next_batch_fori_vs_limit"] = row["next_batch_fori_rps"] / row["limit_fori_rps"]
     row["batch_at_fori_vs_limit"] = row["batch_at_fori_rps"] / row["limit_fori_rps"]
@@ -260,7 +280,8 @@ def plot(results: dict, path: Path) -> None:
   axes[0].set_xticks(np.arange(len(rows)) + 0.4 - width / 2, labels)
   axes[0].set_ylabel("thousand records / s")
   axes[0].set_title("Shuffled-epoch throughput (higher is better)")
-  axes[0].legend(fontsize=7)
+  axes[0].set_ylim(0, 1.45 * max(r[k] for r in rows for k, _ in keys) / 1e3)  # room for the legend
+  axes[0].legend(fontsize=7, ncol=2, loc="upper left")
   scaling = results["batch_at_n"]
   axes[1].plot([r["num_records"] for r in scaling], [r["ns_per_record"] for r in scaling], "o-")
   axes[1].set_xscale("log")
