@@ -40,7 +40,7 @@ def test_statistics_of_a_pipeline_are_of_its_source_and_selected_features():
   stats = tfds_jax.compute_statistics(pipe, features=["image"])
   assert list(stats.mean) == ["image"]
   np.testing.assert_allclose(stats.mean["image"], data["image"].reshape(-1, 3).mean(0))
-  with pytest.raises(KeyError, match=r"Expected features among \['image', 'label'\], got \['mask'\]"):
+  with pytest.raises(KeyError, match=r"Expected features among \['image', 'label'\].*got \['mask'\]"):
     tfds_jax.compute_statistics(src, features=["mask"])
 
 

@@ -48,9 +48,9 @@ def ra(dirs):
 
 
 def _equal(a, b):
-  assert a.keys() == b.keys()
-  for k in a:
-    np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=k)
+  assert jax.tree.structure(a) == jax.tree.structure(b)
+  for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
 
 
 def _run(source, state, batch_size, steps):
@@ -139,11 +139,11 @@ def test_options_behave_as_in_the_eager_source(dirs):
 
 
 def test_strings_are_dropped_with_a_warning_or_refused_by_name(dirs):
-  with pytest.warns(UserWarning, match=r"dropping string feature\(s\) \['id'\]"):
+  with pytest.warns(UserWarning, match=r"Dropping string feature\(s\) 'id'"):
     with tfds_jax.stream("toy_images", "train", data_dir=dirs["array_record"]) as s:
       assert "id" not in tfds_jax.element_spec(s)
   for mode in dirs:
-    with pytest.raises(ValueError, match=r"string feature\(s\) \['id'\] of toy_images\[train\], which you asked for by name"):
+    with pytest.raises(ValueError, match=r"in a stream of toy_images\[train\] .*got 'id' \(text, asked for by name\); pass shapes=\{'id': tfds_jax.encode_text\(9\)\}"):
       tfds_jax.stream("toy_images", "train", data_dir=dirs[mode], include_keys=["id", "label"])
 
 
@@ -152,18 +152,24 @@ def _resize(record):
 
 
 @pytest.mark.parametrize("mode", ["array_record", "tfrecord"])
-def test_variable_shapes_need_a_preprocess_stage(dirs, mode):
-  with pytest.raises(ValueError, match=r"fixed-shape features in a stream, got variable-shape feature\(s\) of toy_ragged\[train\]: image \(spec \(None, None, 1\), shapes seen \[\(4, 5, 1\)") as e:
+def test_variable_shapes_need_sizes(dirs, mode):
+  with pytest.raises(ValueError, match=r"Expected a static shape for every feature in a stream of toy_ragged\[train\] \(a stream needs every size given\), got 'image' \(shape \(None, None, 1\), shapes seen \[\(4, 5, 1\)") as e:
     tfds_jax.stream("toy_ragged", "train", data_dir=dirs[mode])
-  assert "preprocess=" in str(e.value) and "exclude_keys=['image']" in str(e.value)
-  with tfds_jax.stream("toy_ragged", "train", data_dir=dirs[mode], preprocess=_resize) as s:
-    assert tfds_jax.element_spec(s)["image"].shape == (4, 4, 1)
-    batch, _ = tfds_jax.next_batch(s, tfds_jax.init(s), 10)
-  images, labels = np.asarray(batch["image"]), np.asarray(batch["label"])
-  fills = images[:, 0, 0, 0]  # record i is filled with i
-  np.testing.assert_array_equal(images, np.broadcast_to(fills[:, None, None, None], images.shape))
-  np.testing.assert_array_equal(np.sort(fills), np.arange(10))
-  np.testing.assert_array_equal(fills % 2, labels)
+  assert "shapes={'image': tfds_jax.resize(" in str(e.value) and "exclude_keys=['image']" in str(e.value)
+  batches = []
+  for kwargs in (dict(preprocess=_resize), dict(shapes={"image": tfds_jax.crop(4, 4)})):
+    with tfds_jax.stream("toy_ragged", "train", data_dir=dirs[mode], **kwargs) as s:
+      assert tfds_jax.element_spec(s)["image"].shape == (4, 4, 1)
+      batch, _ = tfds_jax.next_batch(s, tfds_jax.init(s), 10)
+    images, labels = np.asarray(batch["image"]), np.asarray(batch["label"])
+    fills = images[:, 0, 0, 0]  # record i is filled with i
+    np.testing.assert_array_equal(images, np.broadcast_to(fills[:, None, None, None], images.shape))
+    np.testing.assert_array_equal(np.sort(fills), np.arange(10))
+    np.testing.assert_array_equal(fills % 2, labels)
+    batches.append(batch)
+  np.testing.assert_array_equal(batches[0]["image"], batches[1]["image"])  # the same crop
+  fills = np.asarray(batches[1]["image"])[:, 0, 0, 0]
+  np.testing.assert_array_equal(batches[1]["image_shape"], [[4 + i % 3, 5 + i % 2, 1] for i in fills])
 
 
 def test_tf_data_stream_unshuffled_equals_eager(dirs, eager):
@@ -318,8 +324,11 @@ def test_from_tfds_chooses_by_decoded_size(dirs, caplog, monkeypatch):
   assert f"streaming: toy_images[train] is {N * record / 1024:.1f} KiB decoded" in caplog.text
   with tfds_jax.from_tfds("toy_images", "train", data_dir=d, eager=False, exclude_keys=["id"]) as forced:
     assert isinstance(forced, tfds_jax.Stream)
-  assert _stream.choose("toy_ragged", "train", data_dir=d) == (
-      False, "streaming: it has variable-shape features (stream with preprocess= to batch them)")
+  with pytest.raises(ValueError, match=r"shapes=\{'image': tfds_jax.resize\("):
+    _stream.choose("toy_ragged", "train", data_dir=d)
+  cropped = tfds_jax.from_tfds("toy_ragged", "train", data_dir=d, shapes={"image": tfds_jax.crop(4, 4)})
+  assert isinstance(cropped, tfds_jax.Source)
+  assert "eager: toy_ragged[train] is 320.0 B decoded (10 records)" in caplog.text  # 16 + 12 + 4 B each
   with tfds_jax.from_tfds("toy_ragged", "train", data_dir=d, preprocess=_resize) as ragged:
     assert tfds_jax.element_spec(ragged)["image"].shape == (4, 4, 1)
   assert "streaming: preprocess= runs per record" in caplog.text
@@ -327,7 +336,7 @@ def test_from_tfds_chooses_by_decoded_size(dirs, caplog, monkeypatch):
   monkeypatch.setattr(tfds_jax._array_record, "read_all", lambda *a, **k: reads.append(a))
   with pytest.raises(ValueError, match=r"fit in memory for eager=True, got toy_images\[train\] is .* and 100.0 B of memory_budget"):
     tfds_jax.from_tfds("toy_images", "train", data_dir=d, eager=True, memory_budget=100)
-  with pytest.raises(ValueError, match="fixed-shape features for eager=True"):
+  with pytest.raises(ValueError, match=r"shapes=\{'image': tfds_jax.resize\("):
     tfds_jax.from_tfds("toy_ragged", "train", data_dir=d, eager=True)
   with pytest.raises(TypeError, match=r"unknown \['shuffle'\]"):
     tfds_jax.from_tfds("toy_images", "train", data_dir=d, shuffle=True)
@@ -336,5 +345,5 @@ def test_from_tfds_chooses_by_decoded_size(dirs, caplog, monkeypatch):
 
 def test_decoded_size_of_a_sliced_split(dirs):
   b = tfds_jax._tfds.builder("toy_images", data_dir=dirs["tfrecord"])
-  nbytes, n = _stream.decoded_bytes(b, "train[5:15]", ["image", "label"], None)
+  nbytes, n, _ = _stream.decoded_bytes(b, "train[5:15]", ["image", "label"], None, None, set())
   assert (nbytes, n) == (10 * (64 + 4), 10)

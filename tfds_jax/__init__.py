@@ -7,6 +7,12 @@ Sources are immutable pytrees of arrays; iteration state is a separate
 from tfds_jax._checkpoint import state_from_dict
 from tfds_jax._checkpoint import state_to_dict
 from tfds_jax._drivers import run_epochs
+from tfds_jax._features import FixedShape
+from tfds_jax._features import crop
+from tfds_jax._features import encode_text
+from tfds_jax._features import pad
+from tfds_jax._features import resize
+from tfds_jax._features import tokenize
 from tfds_jax._drivers import run_steps
 from tfds_jax._pipeline import Pipeline
 from tfds_jax._pipeline import pipeline
@@ -46,6 +52,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Batch",
     "DatasetInfoRef",
+    "FixedShape",
     "PRNGKey",
     "Pipeline",
     "Source",
@@ -57,7 +64,9 @@ __all__ = [
     "batch_at",
     "chain",
     "compute_statistics",
+    "crop",
     "element_spec",
+    "encode_text",
     "from_arrays",
     "from_tfds",
     "index_shuffle",
@@ -67,12 +76,14 @@ __all__ = [
     "next_batch",
     "normalize",
     "one_hot",
+    "pad",
     "pipeline",
     "prepare",
     "random_crop",
     "random_flip",
     "record_indices",
     "record_keys",
+    "resize",
     "run_epochs",
     "run_steps",
     "stage",
@@ -80,4 +91,5 @@ __all__ = [
     "state_to_dict",
     "stream",
     "to_float",
+    "tokenize",
 ]

@@ -21,6 +21,7 @@ import jax
 import numpy as np
 
 from tfds_jax import _cache
+from tfds_jax import _features
 from tfds_jax import _tfds
 
 _PARALLEL_RECORDS = 32  # records decoded concurrently inside one TF call
@@ -31,9 +32,9 @@ def record_decoder(b, keys: list[str], *, decoders: Mapping[str, Any] | None,
   """TFDS's decoding of one serialized record, restricted to ``keys``, and its output spec.
 
   Returns:
-    ``(decode, spec)``: ``decode(serialized: tf.string[]) -> {"name": tf.Tensor}``
-    (flat keys, after ``preprocess``), and flat name -> ``tf.TypeSpec``, found
-    by tracing, without reading any record.
+    ``(decode, spec)``: ``decode(serialized: tf.string[]) -> {name: tf.Tensor}``
+    (TFDS's nested structure, after ``preprocess``), and the nested spec of its
+    output (``tf.TypeSpec`` leaves), found by tracing, without reading any record.
   """
   tf, tfds = _tfds.import_tf()
   from tensorflow_datasets.core import example_parser  # pylint: disable=import-outside-toplevel
@@ -43,12 +44,12 @@ def record_decoder(b, keys: list[str], *, decoders: Mapping[str, Any] | None,
   parser = example_parser.ExampleParser(features.get_serialized_info())
 
   def decode(serialized):
-    decoded = features.decode_example(parser.parse_example(serialized), decoders=partial.decoders)
-    flat = dict(_tfds.flatten_dict(decoded))
-    return flat if preprocess is None else dict(preprocess(flat))
+    decoded = dict(features.decode_example(parser.parse_example(serialized), decoders=partial.decoders))
+    return decoded if preprocess is None else dict(preprocess(decoded))
 
   traced = tf.function(decode).get_concrete_function(tf.TensorSpec([], tf.string))
-  return decode, {k: tf.type_spec_from_value(v) for k, v in traced.structured_outputs.items()}
+  spec = tf.nest.map_structure(tf.type_spec_from_value, traced.structured_outputs)
+  return decode, spec
 
 
 class Records:
@@ -104,13 +105,15 @@ class Records:
 
 
 class RandomAccessReader:
-  """Decodes the records of one ArrayRecord split at any indices.
+  """Decodes the records of one ArrayRecord split at any indices, with static shapes.
 
   Attributes:
     num_records: records in the split (slices such as ``train[:10%]`` included).
-    spec: flat feature name -> ``(shape, numpy dtype)`` of one decoded record,
-      in JAX's dtypes (int64 becomes int32 when x64 is off).
+    plan: the :class:`_features.Plan` each record is read with.
+    spec: feature path -> ``(shape, numpy dtype)`` of one decoded record, in
+      JAX's dtypes (int64 becomes int32 when x64 is off).
     label: ``name[split]`` for messages.
+    truncated: feature path -> records truncated so far (``truncate=True``).
   """
 
   def __init__(
@@ -121,49 +124,55 @@ class RandomAccessReader:
       *,
       decoders: Mapping[str, Any] | None,
       preprocess: Callable[[dict], dict] | None,
+      shapes: Mapping[Any, _features.FixedShape] | None,
+      eager: bool,
       asked: set[str],
       label: str,
-      what: str,
-      fix: str,
   ):
     tf, _ = _tfds.import_tf()
     self.label = label
+    self.truncated: dict = {}
+    self._counting = threading.Lock()
     try:
       self._raw = Records(b.info.splits[split].file_instructions)
     except (KeyError, ValueError, AssertionError) as e:
       raise ValueError(
-          f"Expected a split of {b.name!r} such as {sorted(b.info.splits.keys())} (slices like"
-          f" 'train[:10%]' work too), got {split!r}; pick one of those.") from e
+          f"Expected a split of {label.rsplit('[', 1)[0]!r} such as {sorted(b.info.splits.keys())}"
+          f" (slices like 'train[:10%]' work too), got {split!r}; pick one of those.") from e
     self.num_records = len(self._raw)
     one, spec = record_decoder(b, keys, decoders=decoders, preprocess=preprocess)
-    strings = set(_tfds.strings_to_drop(spec, asked, label))
-    kept = [k for k in spec if k not in strings]
-    if not kept:
-      raise ValueError(f"Expected a numeric feature in {label}, got only strings {sorted(strings)};"
-                       " map them to ids with a decoder or preprocess.")
+    self._decode_one = tf.function(one, input_signature=[tf.TensorSpec([], tf.string)])
+    self.plan = _tfds.plan_features(
+        b, spec, keys, shapes=shapes, eager=eager, asked=asked, label=label,
+        what="an eager load" if eager else "a stream", user_fns=bool(decoders or preprocess),
+        peek=lambda: [tf.nest.map_structure(lambda t: t.numpy(), self._decode_one(r))
+                      for r in self._raw.read(range(min(8, self.num_records)))])
+    plan = self.plan
 
-    def one_kept(serialized):
-      return {k: v for k, v in one(serialized).items() if k in kept}
+    def one_static(serialized):
+      return _features.apply(plan, one(serialized))
 
-    self._one = tf.function(one_kept, input_signature=[tf.TensorSpec([], tf.string)])
-    _tfds.check_fixed_shapes(
-        {k: spec[k] for k in kept}, label, what, self._peek, fix)
-    out_spec = {k: spec[k] for k in kept}
+    self._one = tf.function(one_static, input_signature=[tf.TensorSpec([], tf.string)])
+    out_spec = tf.nest.map_structure(tf.type_spec_from_value,
+                                     self._one.get_concrete_function().structured_outputs)
+    if plan.longest:  # an eager load padding to the longest record: sizes vary per batch
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
-    def decode_batch(serialized):
-      return tf.map_fn(one_kept, serialized, fn_output_signature=out_spec,
-                       parallel_iterations=_PARALLEL_RECORDS)
+      @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+      def decode_batch(serialized):
+        ds = tf.data.Dataset.from_tensor_slices(serialized).map(
+            one_static, num_parallel_calls=_PARALLEL_RECORDS, deterministic=True)
+        return ds.padded_batch(tf.shape(serialized, out_type=tf.int64)[0]).get_single_element()
+    else:
+
+      @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+      def decode_batch(serialized):
+        return tf.map_fn(one_static, serialized, fn_output_signature=out_spec,
+                         parallel_iterations=_PARALLEL_RECORDS)
 
     decode_batch.get_concrete_function()  # trace now, not in the first batch
     self._decoding = threading.Lock()
     self._decode_batch = decode_batch
-    self.spec = {k: (tuple(s.shape.as_list()), np.dtype(jax.dtypes.canonicalize_dtype(s.dtype.as_numpy_dtype)))
-                 for k, s in out_spec.items()}
-
-  def _peek(self) -> list[dict]:
-    count = min(8, self.num_records)
-    return [self._one(r) for r in self._raw.read(range(count))]
+    self.spec = plan.spec
 
   def records(self, indices: np.ndarray) -> list[bytes]:
     """Returns the serialized records at ``indices``, undecoded."""
@@ -195,10 +204,23 @@ class RandomAccessReader:
       raise RuntimeError(f"Expected to decode records {indices[:8]}... of {self.label},"
                          f" got {type(e).__name__}: {_tfds.tf_error_text(e)}") from e
 
-  def read(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-    """Returns the decoded records at ``indices`` as numpy arrays in JAX's dtypes."""
-    return {k: _tfds.to_jax_dtype(k, v.numpy(), self.spec[k][1], self.label)
-            for k, v in self.decode(indices, self.records(indices)).items()}
+  def finish(self, indices, tensors: Mapping[str, Any]) -> dict:
+    """A decoded batch checked against the plan: feature path -> tensor (no bookkeeping).
+
+    Raises:
+      ValueError: a record exceeds its fixed size (the message names it).
+    """
+    indices = np.asarray(indices).reshape(-1)
+    with self._counting:  # batches of one reader may finish on several threads
+      checked = _features.check(self.plan, tensors, lambda row: f"record {int(indices[row])}",
+                                self.truncated)
+    return _features.flatten(checked)
+
+  def read(self, indices: np.ndarray) -> dict:
+    """The decoded records at ``indices``: feature path -> numpy array in JAX's dtypes."""
+    tensors = self.finish(indices, self.decode(indices, self.records(indices)))
+    return {p: _tfds.to_jax_dtype(_features.name(p), v.numpy(), self.spec[p][1], self.label)
+            for p, v in tensors.items()}
 
   def close(self) -> None:
     """Closes the ArrayRecord files."""
@@ -206,16 +228,24 @@ class RandomAccessReader:
 
 
 def read_all(reader: RandomAccessReader, *, num_threads: int = 2,
-             chunk_bytes: int = 4 << 20) -> dict[str, np.ndarray]:
+             chunk_bytes: int = 4 << 20) -> tuple[dict, dict]:
   """Reads every record of ``reader``'s split, in order, into aligned numpy buffers.
 
   At most ``2 * num_threads`` chunks are decoded ahead of the copy, so memory
-  beyond the result stays bounded.
+  beyond the result stays bounded (except when a size is the longest record:
+  then the chunks are kept and joined at the end).
+
+  Returns:
+    ``(arrays, truncated)``: feature path -> array, and path -> records truncated.
   """
   n = reader.num_records
-  record_bytes = sum(int(np.prod(s, dtype=np.int64)) * d.itemsize for s, d in reader.spec.values())
+  record_bytes = sum(int(np.prod([d or 1 for d in s], dtype=np.int64)) * d.itemsize
+                     for s, d in reader.spec.values())
   chunk = int(min(n, max(1, chunk_bytes // max(record_bytes, 1))))
-  out = {k: _cache.aligned_empty((n, *shape), dtype) for k, (shape, dtype) in reader.spec.items()}
+  longest = reader.plan.longest
+  out = {} if longest else {p: _cache.aligned_empty((n, *shape), dtype)
+                            for p, (shape, dtype) in reader.spec.items()}
+  chunks: list[dict] = []
   from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
   with concurrent.futures.ThreadPoolExecutor(num_threads) as pool, tqdm(
       total=n, desc=f"loading {reader.label}", unit=" records", unit_scale=True, delay=1.0,
@@ -224,8 +254,12 @@ def read_all(reader: RandomAccessReader, *, num_threads: int = 2,
 
     def copy_oldest():
       start, future = pending.popleft()
-      for k, v in future.result().items():
-        out[k][start:start + len(v)] = v
+      part = future.result()
+      if longest:
+        chunks.append(part)
+      else:
+        for p, v in part.items():
+          out[p][start:start + len(v)] = v
       bar.update(min(chunk, n - start))
 
     for start in range(0, n, chunk):
@@ -234,4 +268,6 @@ def read_all(reader: RandomAccessReader, *, num_threads: int = 2,
         copy_oldest()
     while pending:
       copy_oldest()
-  return out
+  if longest:
+    out = _features.longest_padding(reader.plan, chunks, n, _cache.aligned_empty)
+  return out, dict(reader.truncated)

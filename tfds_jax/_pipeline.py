@@ -81,10 +81,10 @@ class Pipeline:
   def element_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
     """Shape and dtype of one record after the stages (nothing is read)."""
     spec = _source.element_spec(self.source)
-    batch = {k: jax.ShapeDtypeStruct((1,) + v.shape, v.dtype) for k, v in spec.items()}
+    batch = jax.tree.map(lambda v: jax.ShapeDtypeStruct((1,) + v.shape, v.dtype), spec)
     keys = jax.eval_shape(lambda: record_keys(0, 0, 0, 1, self.num_records))
     out = jax.eval_shape(self.stages, keys, batch)
-    return {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in out.items()}
+    return jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape[1:], v.dtype), out)
 
   def next_batch(self, state: SourceState, batch_size: int | None = None, *,
                  sharding=None) -> tuple[Batch, SourceState]:
@@ -207,5 +207,5 @@ def _next(args, size):
 
 @functools.partial(jax.jit, static_argnums=5)
 def _stage(stages: Stage, batch: Batch, epoch, index, seed, n: int) -> Batch:
-  size = next(iter(batch.values())).shape[0]
+  size = jax.tree.leaves(batch)[0].shape[0]
   return stages(record_keys(seed, epoch, index, size, n), batch)

@@ -26,6 +26,8 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from tfds_jax import _features
+
 
 def batch_axes(sharding: Any, size: int) -> tuple[tuple[str, ...], int]:
   """Checks a batch sharding; returns its data axes and the number of slices.
@@ -109,8 +111,8 @@ def shard(rows_fn: Callable[[Any, jax.Array], dict], args: Any, size: int,
 def assemble(local: dict, size: int, sharding: NamedSharding) -> dict:
   """The global batch from this process's rows (``process_rows``) of it."""
   out = batch_sharding(sharding)
-  return {k: jax.make_array_from_process_local_data(out, v, (size,) + v.shape[1:])
-          for k, v in local.items()}
+  return jax.tree.map(lambda v: jax.make_array_from_process_local_data(out, v, (size,) + v.shape[1:]),
+                      local)
 
 
 def sharded_batch(rows_fn: Callable[[Any, jax.Array], dict], args: Any, size: int,
@@ -134,12 +136,13 @@ def _shard_jit(rows_fn, args, size, sharding):
 
 def _check_replicated(data: Mapping[str, jax.Array], sharding: NamedSharding) -> None:
   mesh_devices = set(sharding.mesh.devices.flat)
-  for key, x in data.items():
+  for path, x in jax.tree_util.tree_flatten_with_path(data)[0]:
+    key = _features.name(tuple(k.key for k in path))
     if isinstance(x, jax.core.Tracer) or not isinstance(x, jax.Array):
       continue
     if not (x.sharding.is_fully_replicated and set(x.sharding.device_set) >= mesh_devices):
       raise ValueError(
-          f"Expected feature {key!r} replicated on the mesh's {len(mesh_devices)} devices, got"
+          f"Expected feature {key} replicated on the mesh's {len(mesh_devices)} devices, got"
           f" it on {len(x.sharding.device_set)} device(s) ({x.sharding}); place the source"
           " there once: from_arrays(..., device=NamedSharding(mesh, PartitionSpec())) or"
           " load(..., device=...), so batches never copy the dataset.")

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tfds_jax import _features
 from tfds_jax import _sharding
 from tfds_jax import _shuffle
 from tfds_jax._types import Batch
@@ -39,7 +40,9 @@ class Source:
   Pass a source into jitted functions as an argument, never close over it.
 
   Attributes:
-    data: feature name -> array of shape ``[num_records, ...]``.
+    data: feature name -> array of shape ``[num_records, ...]``, or a nested
+      dict of them (a TFDS Sequence's fields, a ``FeaturesDict``), as TFDS
+      nests them.
     name: dataset name (for example ``"mnist"``), or None.
     split: split string (for example ``"train[:10%]"``), or None.
     info: the TFDS ``DatasetInfo``, or None for sources built from arrays.
@@ -56,7 +59,7 @@ class Source:
     return _num_records(self.data)
 
   def __repr__(self) -> str:
-    spec = {k: f"{v.dtype}{list(v.shape[1:])}" for k, v in self.data.items()}
+    spec = jax.tree.map(lambda v: f"{v.dtype}{list(v.shape[1:])}", self.data)
     where = f"{self.name}[{self.split}], " if self.name else ""
     return f"Source({where}num_records={self.num_records}, data={spec})"
 
@@ -79,7 +82,12 @@ class SourceState(NamedTuple):
 
 
 def _num_records(data: Mapping[str, Any]) -> int:
-  return next(iter(data.values())).shape[0]
+  return jax.tree.leaves(data)[0].shape[0]
+
+
+def _path_name(path) -> str:
+  """A feature as messages name it: ``'image'``, or ``('objects', 'bbox')`` when nested."""
+  return _features.name(tuple(k.key for k in path))
 
 
 def from_arrays(
@@ -94,7 +102,7 @@ def from_arrays(
 
   Args:
     arrays: feature name -> array of shape ``[num_records, ...]`` (numpy or
-      JAX, numeric or bool).
+      JAX, numeric or bool), or a nested dict of them.
     name: optional dataset name kept as metadata.
     split: optional split name kept as metadata.
     info: optional TFDS ``DatasetInfo`` kept as metadata.
@@ -120,25 +128,25 @@ def from_arrays(
         f"Expected a non-empty dict of feature name -> array, got {arrays!r};"
         " pass for example {'image': images, 'label': labels}."
     )
-  arrays = {k: v if isinstance(v, jax.Array) else np.asarray(v) for k, v in arrays.items()}
+  arrays = _as_arrays(arrays)
   lengths = {}
-  for key, value in arrays.items():
-    if not isinstance(key, str):
-      raise TypeError(f"Expected feature names to be str, got {key!r}; rename it.")
+  for path, value in jax.tree_util.tree_flatten_with_path(arrays)[0]:
+    key = _path_name(path)
     dtype = value.dtype
     if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
       raise TypeError(
-          f"Expected a numeric or bool array for feature {key!r}, got dtype"
+          f"Expected a numeric or bool array for feature {key}, got dtype"
           f" {dtype}; JAX arrays hold numbers only: encode it as integer ids or"
           " leave it out."
       )
     shape = value.shape
     if not shape:
       raise ValueError(
-          f"Expected feature {key!r} to have a leading record axis, got a scalar;"
+          f"Expected feature {key} to have a leading record axis, got a scalar;"
           " give it shape [num_records, ...]."
       )
-    lengths[key] = shape[0]
+    keys = tuple(k.key for k in path)
+    lengths[keys[0] if len(keys) == 1 else keys] = shape[0]
   if len(set(lengths.values())) > 1:
     raise ValueError(
         f"Expected every feature to have the same number of records (leading"
@@ -150,8 +158,23 @@ def from_arrays(
         f"Expected between 1 and 2**31 - 1 records, got {n}; give at least one"
         " record, or shard larger datasets."
     )
-  data = {k: jax.device_put(v, device) for k, v in arrays.items()}
+  data = jax.tree.map(lambda v: jax.device_put(v, device), arrays)
   return Source(data=data, name=name, split=split, info=info)
+
+
+def _as_arrays(tree: Mapping[str, Any]) -> dict[str, Any]:
+  """A nested dict of numpy or JAX arrays; keys must be strings, dicts non-empty."""
+  out = {}
+  for key, value in tree.items():
+    if not isinstance(key, str):
+      raise TypeError(f"Expected feature names to be str, got {key!r}; rename it.")
+    if isinstance(value, Mapping):
+      if not value:
+        raise ValueError(f"Expected feature {key!r} to hold arrays, got an empty dict; leave it out.")
+      out[key] = _as_arrays(value)
+    else:
+      out[key] = value if isinstance(value, jax.Array) else np.asarray(value)
+  return out
 
 
 def element_spec(source: Source | Mapping[str, jax.Array]) -> dict[str, jax.ShapeDtypeStruct]:
@@ -162,7 +185,8 @@ def element_spec(source: Source | Mapping[str, jax.Array]) -> dict[str, jax.Shap
       a :class:`Stream`.
 
   Returns:
-    feature name -> ``jax.ShapeDtypeStruct`` of a single record.
+    feature name -> ``jax.ShapeDtypeStruct`` of a single record (nested as
+    the data is).
 
   Example:
     >>> import numpy as np, tfds_jax
@@ -172,7 +196,7 @@ def element_spec(source: Source | Mapping[str, jax.Array]) -> dict[str, jax.Shap
   if _has_methods(source):
     return source.element_spec()
   data = source.data if isinstance(source, Source) else source
-  return {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in data.items()}
+  return jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape[1:], v.dtype), data)
 
 
 def _has_methods(source: Any) -> bool:
@@ -347,7 +371,7 @@ def gather_rows(args: tuple, rows: jax.Array) -> Batch:
   """Rows ``rows`` of the batch at (epoch, index): ``args = (data, epoch, index, seed)``."""
   data, epoch, index, seed = args
   records = indices_at(_num_records(data), epoch, index, rows, seed)
-  return {k: take_rows(v, records) for k, v in data.items()}
+  return jax.tree.map(lambda v: take_rows(v, records), data)
 
 
 def sharded(args: tuple, size: int, sharding: jax.sharding.NamedSharding) -> Batch:

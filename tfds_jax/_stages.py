@@ -11,6 +11,10 @@ A stage is a pytree: its arrays (normalization statistics, say) are leaves
 passed into ``jit`` as arguments, and its function and options are static, so
 equal stages never retrace.
 
+Built-in stages name the features they change with ``features=``: a name
+(``"image"``, or a top-level name with a slash such as ``"image/filename"``),
+or a list of names and paths into nested features (``[("objects", "bbox")]``).
+
 Example:
   >>> import numpy as np, jax, tfds_jax
   >>> augment = tfds_jax.chain(
@@ -32,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tfds_jax import _features as _feat
 from tfds_jax._types import Batch
 
 
@@ -191,18 +196,30 @@ def _options(**options) -> tuple:
   return tuple(sorted(options.items()))
 
 
-def _features(features: str | Sequence[str]) -> tuple[str, ...]:
-  return (features,) if isinstance(features, str) else tuple(features)
+def _features(features: str | Sequence[str | tuple]) -> tuple:
+  """Feature names (str) or paths into nested features (tuples of str), as a tuple."""
+  if isinstance(features, str):
+    return (features,)
+  out = tuple(features)
+  for f in out:
+    _feat.as_path(f)  # TypeError for anything else
+  return out
 
 
-def _present(batch: Batch, features: tuple[str, ...], what: str) -> None:
-  missing = [f for f in features if f not in batch]
+def _present(batch: Batch, features: tuple, what: str) -> None:
+  missing = []
+  for f in features:
+    try:
+      _feat.get(batch, f)
+    except KeyError:
+      missing.append(f)
   if missing:
     raise KeyError(f"Expected features {list(features)} for {what}, got a batch with"
-                   f" {sorted(batch)} (missing {missing}); pass features=[...] naming them.")
+                   f" {sorted(batch)} (missing {missing}); pass features=[...] naming them"
+                   " (nested ones by path, e.g. [('objects', 'bbox')]).")
 
 
-def to_float(features: str | Sequence[str] = "image", *, scale: float = 1 / 255,
+def to_float(features: str | Sequence[str | tuple] = "image", *, scale: float = 1 / 255,
              dtype: Any = jnp.float32) -> Stage:
   """Converts features to floats and multiplies them by ``scale``.
 
@@ -228,12 +245,12 @@ def to_float(features: str | Sequence[str] = "image", *, scale: float = 1 / 255,
 def _to_float(keys, batch, params, *, features, scale, dtype):
   _present(batch, features, "to_float")
   for f in features:
-    batch[f] = batch[f].astype(dtype) * jnp.asarray(scale, dtype)
+    batch = _feat.put(batch, f, _feat.get(batch, f).astype(dtype) * jnp.asarray(scale, dtype))
   return batch
 
 
 def normalize(stats: Any = None, *, mean: Any = None, std: Any = None,
-              features: str | Sequence[str] = "image") -> Stage:
+              features: str | Sequence[str | tuple] = "image") -> Stage:
   """Subtracts a mean and divides by a standard deviation, per channel.
 
   The result is float32 whatever the input dtype, so no :func:`to_float` is
@@ -265,22 +282,22 @@ def normalize(stats: Any = None, *, mean: Any = None, std: Any = None,
                      f" std={std is not None}; pass one of them.")
   if stats is not None:
     mean, std = stats.mean, stats.std
-  params = {}
+  params = []
   for f in features:
-    m = mean[f] if isinstance(mean, Mapping) else mean
-    s = std[f] if isinstance(std, Mapping) else std
-    params[f] = (jnp.asarray(m, jnp.float32), jnp.asarray(s, jnp.float32))
-  return Stage(_normalize, params)
+    m = _feat.get(mean, f) if isinstance(mean, Mapping) else mean
+    s = _feat.get(std, f) if isinstance(std, Mapping) else std
+    params.append((jnp.asarray(m, jnp.float32), jnp.asarray(s, jnp.float32)))
+  return Stage(_normalize, tuple(params), _options(features=features))
 
 
-def _normalize(keys, batch, params):
-  _present(batch, tuple(params), "normalize")
-  for f, (mean, std) in params.items():
-    batch[f] = (batch[f] - mean) / jnp.where(std > 0, std, 1.0)
+def _normalize(keys, batch, params, *, features):
+  _present(batch, features, "normalize")
+  for f, (mean, std) in zip(features, params):
+    batch = _feat.put(batch, f, (_feat.get(batch, f) - mean) / jnp.where(std > 0, std, 1.0))
   return batch
 
 
-def random_flip(features: str | Sequence[str] = "image", *, axis: int = -2,
+def random_flip(features: str | Sequence[str | tuple] = "image", *, axis: int = -2,
                 probability: float = 0.5) -> Stage:
   """Flips each record along ``axis`` with probability ``probability``.
 
@@ -309,14 +326,14 @@ def _flip(keys, batch, params, *, features, axis, probability):
   _present(batch, features, "random_flip")
   flip = jax.vmap(jax.random.bernoulli, (0, None))(_need(keys, "random_flip"), probability)
   for f in features:
-    x = batch[f]
+    x = _feat.get(batch, f)
     ax = axis % (x.ndim - 1) + 1  # the record's axis, counted in the batch
     where = flip.reshape((-1,) + (1,) * (x.ndim - 1))
-    batch[f] = jnp.where(where, jnp.flip(x, ax), x)
+    batch = _feat.put(batch, f, jnp.where(where, jnp.flip(x, ax), x))
   return batch
 
 
-def random_crop(features: str | Sequence[str] = "image", *, padding: int = 4,
+def random_crop(features: str | Sequence[str | tuple] = "image", *, padding: int = 4,
                 size: tuple[int, int] | None = None) -> Stage:
   """Pads ``[H, W, C]`` records with zeros and crops a random window.
 
@@ -348,7 +365,7 @@ def random_crop(features: str | Sequence[str] = "image", *, padding: int = 4,
 def _crop(keys, batch, params, *, features, padding, size):
   _present(batch, features, "random_crop")
   keys = _need(keys, "random_crop")
-  shape = batch[features[0]].shape
+  shape = _feat.get(batch, features[0]).shape
   if len(shape) != 4:
     raise ValueError(f"Expected {features[0]!r} of shape [batch, H, W, C] for random_crop, got"
                      f" {shape}; crop image features only.")
@@ -360,14 +377,14 @@ def _crop(keys, batch, params, *, features, padding, size):
   limits = jnp.array([shape[1] + 2 * padding - h + 1, shape[2] + 2 * padding - w + 1])
   corners = jax.vmap(lambda k: jax.random.randint(k, (2,), 0, limits))(keys)
   for f in features:
-    x = jnp.pad(batch[f], ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    x = jnp.pad(_feat.get(batch, f), ((0, 0), (padding, padding), (padding, padding), (0, 0)))
     window = (h, w, x.shape[3])
-    batch[f] = jax.vmap(lambda img, c: jax.lax.dynamic_slice(img, (c[0], c[1], 0), window))(
-        x, corners)
+    batch = _feat.put(batch, f, jax.vmap(
+        lambda img, c: jax.lax.dynamic_slice(img, (c[0], c[1], 0), window))(x, corners))
   return batch
 
 
-def one_hot(num_classes: int, features: str | Sequence[str] = "label", *,
+def one_hot(num_classes: int, features: str | Sequence[str | tuple] = "label", *,
             dtype: Any = jnp.float32) -> Stage:
   """Replaces integer labels by one-hot vectors of length ``num_classes``.
 
@@ -394,10 +411,11 @@ def one_hot(num_classes: int, features: str | Sequence[str] = "label", *,
 def _one_hot(keys, batch, params, *, num_classes, features, dtype):
   _present(batch, features, "one_hot")
   for f in features:
-    if not jnp.issubdtype(batch[f].dtype, jnp.integer):
-      raise TypeError(f"Expected integer labels in {f!r} for one_hot, got {batch[f].dtype};"
+    labels = _feat.get(batch, f)
+    if not jnp.issubdtype(labels.dtype, jnp.integer):
+      raise TypeError(f"Expected integer labels in {f!r} for one_hot, got {labels.dtype};"
                       " apply one_hot before converting labels.")
-    batch[f] = jax.nn.one_hot(batch[f], num_classes, dtype=dtype)
+    batch = _feat.put(batch, f, jax.nn.one_hot(labels, num_classes, dtype=dtype))
   return batch
 
 

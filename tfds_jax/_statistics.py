@@ -16,13 +16,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tfds_jax import _features
 from tfds_jax import _source
 from tfds_jax._pipeline import Pipeline
 from tfds_jax._types import Batch
 
 
 class Statistics(NamedTuple):
-  """Per-feature statistics; each field maps a feature name to an array.
+  """Per-feature statistics; each field maps a feature name to an array
+  (nested dicts for nested features, as in the source).
 
   Arrays are ``float32[C]`` (per channel: the record's last axis) or
   ``float32[]`` for scalar features and when ``per_channel=False``.
@@ -56,7 +58,9 @@ def compute_statistics(
     source: a :class:`Source` (one jitted pass), a dict of arrays, a
       :class:`Stream` (read batch by batch, in file order) or a
       :class:`Pipeline` (statistics of its source, before the stages).
-    features: names to summarize (default: every feature).
+    features: names to summarize (default: every feature); a nested feature
+      by its path, e.g. ``[("objects", "bbox")]``. The statistics are nested
+      as the features are.
     per_channel: keep the record's last axis (``[H, W, C]`` images give
       ``[C]``); else one value per feature. Scalar features give scalars.
     chunk_size: records per step of the pass (clipped to the dataset size).
@@ -77,11 +81,15 @@ def compute_statistics(
   if isinstance(source, Pipeline):
     source = source.source
   spec = _source.element_spec(source)
-  names = list(spec) if features is None else list(features)
-  unknown = [f for f in names if f not in spec]
-  if unknown or not names:
-    raise KeyError(f"Expected features among {sorted(spec)}, got {names}; pass features= naming"
+  names = list(spec) if features is None else [features] if isinstance(features, str) else list(features)
+  if not names:
+    raise KeyError(f"Expected features among {sorted(spec)}, got none; pass features= naming"
                    " some of them.")
+  try:
+    _features.select(spec, names)
+  except (KeyError, TypeError):
+    raise KeyError(f"Expected features among {sorted(spec)} (nested ones by path, e.g."
+                   f" ('objects', 'bbox')), got {names}; pass features= naming some of them.") from None
   n = source.num_records if hasattr(source, "num_records") else _source._num_records(source)  # pylint: disable=protected-access
   chunk = min(chunk_size, n)
   if _source._has_methods(source):  # pylint: disable=protected-access
@@ -89,15 +97,11 @@ def compute_statistics(
     total, state = None, _source.init(source)
     for size in [chunk] * (n // chunk) + ([n % chunk] if n % chunk else []):
       batch, state = _source.next_batch(source, state, size)
-      total = _merge_batch(total, _pick(batch, names), per_channel)
+      total = _merge_batch(total, _features.select(batch, names), per_channel)
   else:
     data = source.data if isinstance(source, _source.Source) else source
-    total = _pass({k: data[k] for k in names}, chunk, per_channel)
+    total = _pass(_features.select(data, names), chunk, per_channel)
   return _finish(total, n)
-
-
-def _pick(batch: Batch, names: list[str]) -> Batch:
-  return {k: batch[k] for k in names}
 
 
 @functools.partial(jax.jit, static_argnames=("chunk", "per_channel"))
@@ -106,13 +110,13 @@ def _pass(data: Batch, chunk: int, per_channel: bool) -> _Moments:
   steps, tail = divmod(n, chunk)
 
   def body(i, total):
-    part = {k: jax.lax.dynamic_slice_in_dim(v, i * chunk, chunk) for k, v in data.items()}
+    part = jax.tree.map(lambda v: jax.lax.dynamic_slice_in_dim(v, i * chunk, chunk), data)
     return _merge(total, _moments(part, per_channel))
 
   total = jax.lax.fori_loop(1, steps, body, _moments(
-      {k: v[:chunk] for k, v in data.items()}, per_channel))
+      jax.tree.map(lambda v: v[:chunk], data), per_channel))
   if tail:
-    total = _merge(total, _moments({k: v[n - tail:] for k, v in data.items()}, per_channel))
+    total = _merge(total, _moments(jax.tree.map(lambda v: v[n - tail:], data), per_channel))
   return total
 
 
@@ -131,33 +135,32 @@ def _moments(batch: Batch, per_channel: bool) -> _Moments:
   """Moments of one chunk. ``m2`` is in per-record units (the sum of squared
   deviations divided by the values per record and channel), so chunks merge
   exactly by record counts."""
-  mean, m2, lo, hi = {}, {}, {}, {}
-  for k, v in batch.items():
+  def one(v):
     axes = _axes(v, per_channel)
     x = v.astype(jnp.float32)
     centre = jnp.mean(x, axis=axes, keepdims=True)
     values_per_record = int(np.prod([v.shape[a] for a in axes[1:]], dtype=np.int64))
-    mean[k] = jnp.squeeze(centre, axis=axes)
-    m2[k] = jnp.sum(jnp.square(x - centre), axis=axes) / values_per_record
-    lo[k], hi[k] = jnp.min(x, axis=axes), jnp.max(x, axis=axes)
-  count = next(iter(batch.values())).shape[0]
-  return _Moments(jnp.float32(count), mean, m2, lo, hi)
+    return (jnp.squeeze(centre, axis=axes), jnp.sum(jnp.square(x - centre), axis=axes) / values_per_record,
+            jnp.min(x, axis=axes), jnp.max(x, axis=axes))
+
+  leaves, tree = jax.tree.flatten(batch)
+  fields = zip(*[one(v) for v in leaves])
+  mean, m2, lo, hi = (jax.tree.unflatten(tree, list(f)) for f in fields)
+  return _Moments(jnp.float32(leaves[0].shape[0]), mean, m2, lo, hi)
 
 
 def _merge(a: _Moments, b: _Moments) -> _Moments:
   """Chan et al.'s parallel update of (count, mean, M2)."""
   n = a.n + b.n
-  mean, m2 = {}, {}
-  for k in a.mean:
-    delta = b.mean[k] - a.mean[k]
-    mean[k] = a.mean[k] + delta * (b.n / n)
-    m2[k] = a.m2[k] + b.m2[k] + jnp.square(delta) * (a.n * b.n / n)
-  lo = {k: jnp.minimum(a.min[k], b.min[k]) for k in a.min}
-  hi = {k: jnp.maximum(a.max[k], b.max[k]) for k in a.max}
+  delta = jax.tree.map(jnp.subtract, b.mean, a.mean)
+  mean = jax.tree.map(lambda m, d: m + d * (b.n / n), a.mean, delta)
+  m2 = jax.tree.map(lambda x, y, d: x + y + jnp.square(d) * (a.n * b.n / n), a.m2, b.m2, delta)
+  lo = jax.tree.map(jnp.minimum, a.min, b.min)
+  hi = jax.tree.map(jnp.maximum, a.max, b.max)
   return _Moments(n, mean, m2, lo, hi)
 
 
 def _finish(total: _Moments, n: int) -> Statistics:
-  std = {k: jnp.sqrt(m2 / n) for k, m2 in total.m2.items()}
-  return Statistics(mean=dict(total.mean), std=std, min=dict(total.min), max=dict(total.max),
+  std = jax.tree.map(lambda m2: jnp.sqrt(m2 / n), total.m2)
+  return Statistics(mean=total.mean, std=std, min=total.min, max=total.max,
                     count=jnp.asarray(n, jnp.int32))

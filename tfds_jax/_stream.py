@@ -29,6 +29,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 import weakref
 from typing import Any, Callable, Iterable, Mapping
 
@@ -37,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tfds_jax import _array_record
+from tfds_jax import _features
 from tfds_jax import _sharding
 from tfds_jax import _source
 from tfds_jax import _tfds
@@ -47,7 +49,6 @@ log = logging.getLogger("tfds_jax")
 
 RANDOM_ACCESS = "random_access"
 TF_DATA = "tf.data"
-_STREAM_FIX = "pass preprocess= that resizes or pads them per record (or a decoder)"
 _Key = tuple  # (epoch, index, size, seed or None[, rows]): a batch (or this process's rows of it)
 
 
@@ -64,13 +65,16 @@ class Stream:
     info: a :class:`DatasetInfoRef` (get the ``DatasetInfo`` with ``info``).
     num_records: records in the split.
     mode: ``"random_access"`` (ArrayRecord files) or ``"tf.data"`` (TFRecord).
+    truncated: feature path -> records cut so far by options with
+      ``truncate=True`` (the first cut of each feature is logged).
   """
 
   def __init__(self, *, name, split, info, reader, mode, read_ahead, num_threads, device):
     self.name, self.split, self.info, self.mode = name, split, info, mode
     self.num_records = reader.num_records
     self._reader, self._device = reader, device
-    self._spec = {k: jax.ShapeDtypeStruct(shape, dtype) for k, (shape, dtype) in reader.spec.items()}
+    self._spec = {p: jax.ShapeDtypeStruct(shape, dtype) for p, (shape, dtype) in reader.spec.items()}
+    self._reported: set = set()  # features whose truncation was logged
     self._read_ahead = read_ahead
     self._lock = threading.Lock()  # one caller at a time; workers never take it
     self._queue: collections.deque = collections.deque()  # (key, future), oldest first
@@ -88,7 +92,7 @@ class Stream:
     self._finalizer = weakref.finalize(self, _shutdown, (self._reads, self._decodes), reader)
 
   def __repr__(self) -> str:
-    spec = {k: f"{v.dtype}{list(v.shape)}" for k, v in self._spec.items()}
+    spec = _features.unflatten({p: f"{v.dtype}{list(v.shape)}" for p, v in self._spec.items()})
     return (f"Stream({self.name}[{self.split}], {self.mode}, num_records={self.num_records},"
             f" data={spec})")
 
@@ -106,9 +110,14 @@ class Stream:
       self._iterator = None
       self._finalizer()
 
-  def element_spec(self) -> dict[str, jax.ShapeDtypeStruct]:
-    """feature name -> ``ShapeDtypeStruct`` of one record (no records are read)."""
-    return dict(self._spec)
+  @property
+  def truncated(self) -> dict:
+    """Feature path -> records cut so far by options with ``truncate=True``."""
+    return dict(self._reader.truncated)
+
+  def element_spec(self) -> dict:
+    """Feature name -> ``ShapeDtypeStruct`` of one record, nested as TFDS nests them."""
+    return _features.unflatten(self._spec)
 
   def next_batch(self, state: SourceState, batch_size: int, *,
                  sharding=None) -> tuple[Batch, SourceState]:
@@ -193,9 +202,21 @@ class Stream:
 
   def _decode(self, read: concurrent.futures.Future) -> Batch:
     """Runs on the decoder, in submission order: a read batch, decoded and on the device."""
-    tensors = self._reader.decode(*read.result())
-    return {k: _to_jax(k, v, self._spec[k].dtype, self._device, self._reader.label)
-            for k, v in tensors.items()}
+    indices, records = read.result()
+    return self._to_jax(self._reader.finish(indices, self._reader.decode(indices, records)))
+
+  def _to_jax(self, tensors: Mapping) -> Batch:
+    """A flat decoded batch (path -> TF tensor) as a nested batch on the device."""
+    self._report_truncated()
+    return _features.unflatten({p: _to_jax(_features.name(p), v, self._spec[p].dtype, self._device,
+                                           self._reader.label) for p, v in tensors.items()})
+
+  def _report_truncated(self) -> None:
+    for path, count in list(self._reader.truncated.items()):
+      if path not in self._reported:
+        self._reported.add(path)
+        log.warning("truncating %s of %s (truncate=True): %d record(s) so far; stream.truncated"
+                    " counts them", _features.name(path), self._reader.label, count)
 
   def _tf_data(self, key: _Key) -> Batch:
     tf, _ = _tfds.import_tf()
@@ -220,8 +241,7 @@ class Stream:
           " --file-format array_record`.", self._reader.label, epoch, index, index,
           time.perf_counter() - start, self.name)
     self._expected = (*_advance(key, self.num_records), size, seed)
-    return {k: _to_jax(k, v, self._spec[k].dtype, self._device, self._reader.label)
-            for k, v in tensors.items()}
+    return self._to_jax(self._reader.finish(epoch, index, tensors))
 
   def _drop(self) -> None:
     for _, read, decoded in self._queue:
@@ -289,39 +309,39 @@ def _to_jax(key: str, tensor, dtype, device, label: str) -> jax.Array:
 class _TFDataReader:
   """Batches of a TFRecord split through tf.data, from any (epoch, index)."""
 
-  def __init__(self, b, split, keys, *, decoders, preprocess, asked, label, shuffle_buffer_size,
-               read_ahead, num_threads):
+  def __init__(self, b, split, keys, *, decoders, preprocess, shapes, asked, label,
+               shuffle_buffer_size, read_ahead, num_threads):
     _, tfds = _tfds.import_tf()
     self.label = label
+    self.truncated: dict = {}
     self.num_records = _tfds._split_size(b, split)  # pylint: disable=protected-access
     if self.num_records is None:
       raise ValueError(f"Expected {label} to list its split sizes in its dataset info, got none;"
                        " stream a prepared dataset, or load it eagerly.")
     self._shuffle_buffer, self._read_ahead = shuffle_buffer_size, read_ahead
-    read_config = tfds.ReadConfig(
-        try_autocache=False, add_tfds_id=False, num_parallel_calls_for_decode=num_threads,
-        num_parallel_calls_for_interleave_files=1)  # TFDS's file order, as load reads it
+    read_config = tfds.ReadConfig(try_autocache=False, add_tfds_id=False,
+                                  shuffle_seed=0)  # TFDS's file order, as load reads it
     decoders = {k: v for k, v in (decoders or {}).items() if k in keys}
     partial = tfds.decode.PartialDecoding({k: True for k in keys}, decoders=decoders or None)
     raw = b.as_dataset(split=split, shuffle_files=False, decoders=partial, read_config=read_config)
 
-    def flat(example):
-      out = dict(_tfds.flatten_dict(example))
-      return out if preprocess is None else dict(preprocess(out))
+    def decoded(example):
+      return dict(example) if preprocess is None else dict(preprocess(dict(example)))
 
-    spec = raw.map(flat).element_spec
-    strings = set(_tfds.strings_to_drop(spec, asked, label))
-    kept = [k for k in spec if k not in strings]
-    if not kept:
-      raise ValueError(f"Expected a numeric feature in {label}, got only strings {sorted(strings)};"
-                       " map them to ids with a decoder or preprocess.")
-    self._records = raw.map(lambda e: {k: v for k, v in flat(e).items() if k in kept},
+    spec = raw.map(decoded).element_spec
+    self.plan = plan = _tfds.plan_features(
+        b, spec, keys, shapes=shapes, eager=False, asked=asked, label=label, what="a stream",
+        user_fns=bool(decoders or preprocess),
+        peek=lambda: list(raw.map(decoded).take(8).as_numpy_iterator()))
+    self._records = raw.map(lambda e: _features.apply(plan, decoded(e)),
                             num_parallel_calls=num_threads, deterministic=True)
-    spec = {k: spec[k] for k in kept}
-    _tfds.check_fixed_shapes(spec, label, "a stream",
-                             lambda: list(self._records.take(8).as_numpy_iterator()), _STREAM_FIX)
-    self.spec = {k: (tuple(s.shape.as_list()), np.dtype(jax.dtypes.canonicalize_dtype(s.dtype.as_numpy_dtype)))
-                 for k, s in spec.items()}
+    self.spec = plan.spec
+
+  def finish(self, epoch: int, index: int, tensors) -> dict:
+    """A batch read at (epoch, index) checked against the plan: path -> tensor."""
+    where = lambda row: (f"the record at position {(index + row) % self.num_records} of epoch"  # noqa: E731
+                         f" {epoch + (index + row) // self.num_records} (in shuffled order)")
+    return _features.flatten(_features.check(self.plan, tensors, where, self.truncated))
 
   def batches(self, epoch: int, index: int, size: int, seed: int | None):
     """tf.data.Dataset of ``size``-record batches from position ``index`` of ``epoch`` on."""
@@ -354,6 +374,7 @@ def stream(
     include_keys: Iterable[str] | None = None,
     exclude_keys: Iterable[str] | None = None,
     decoders: Mapping[str, Any] | None = None,
+    shapes: Mapping[str | tuple, _features.FixedShape] | None = None,
     preprocess: Callable[[dict], dict] | None = None,
     read_ahead: int = 2,
     num_threads: int | None = None,
@@ -383,9 +404,15 @@ def stream(
     include_keys: read only these top-level features.
     exclude_keys: read all top-level features but these.
     decoders: TFDS decoders per feature.
+    shapes: how features whose shape varies (or strings) get a static one, as
+      for :func:`load`, applied per record after ``preprocess``; a stream needs
+      every size given (``tfds_jax.pad(100)``, ``resize(224, 224)``,
+      ``encode_text(512)``, ...), since it cannot know the longest record.
     preprocess: a function run per record inside TensorFlow, after decoding and
-      before batching, on the flat ``{"name": tf.Tensor}`` dict; use it to make
-      variable-shape features fixed (resize, pad, crop).
+      before ``shapes`` and batching, on the record as TFDS gives it (a nested
+      ``{name: tf.Tensor}`` dict); it returns a dict of the same kind. A
+      feature it leaves with an unknown shape needs ``shapes`` or
+      ``tf.ensure_shape``.
     read_ahead: batches read ahead of the one asked for (a fixed bound, never
       autotuned); 0 reads on demand.
     num_threads: random access: threads reading records from the files, while
@@ -410,9 +437,9 @@ def stream(
 
   Raises:
     ValueError: as :func:`load` for bad names, splits and keys; a string
-      feature asked for by name; a variable-shape feature left variable by
-      ``preprocess``; ``mode="random_access"`` on TFRecord files; bad
-      ``read_ahead`` or ``num_threads``.
+      feature asked for by name without an encoding; a feature whose shape
+      varies without a size in ``shapes``; ``mode="random_access"`` on
+      TFRecord files; bad ``read_ahead`` or ``num_threads``.
     FileNotFoundError: nothing prepared while ``local_files_only``.
 
   Example:
@@ -440,11 +467,11 @@ def stream(
   array_record = _tfds.file_format(b) == "array_record"
   if mode == RANDOM_ACCESS and not array_record:
     raise ValueError(
-        f"Expected ArrayRecord files for a random-access stream of {b.name!r}, got"
+        f"Expected ArrayRecord files for a random-access stream of {_tfds.full_name(b)!r}, got"
         f" {_tfds.file_format(b)} files in {b.data_dir}; prepare a copy with `tfds-jax prepare"
-        f" {b.name} --file-format array_record --data-dir OTHER_DIR`, or use mode='tf.data'.")
+        f" {_tfds.full_name(b)} --file-format array_record --data-dir OTHER_DIR`, or use mode='tf.data'.")
   if mode == TF_DATA and array_record:
-    raise ValueError(f"Expected TFRecord files for a tf.data stream of {b.name!r}, got ArrayRecord"
+    raise ValueError(f"Expected TFRecord files for a tf.data stream of {_tfds.full_name(b)!r}, got ArrayRecord"
                      f" files in {b.data_dir}; use mode='random_access' (the default for them).")
   mode = RANDOM_ACCESS if array_record else TF_DATA
   if num_threads is None:
@@ -456,11 +483,11 @@ def stream(
   label = f"{full_name}[{split}]"
   if mode == RANDOM_ACCESS:
     reader = _array_record.RandomAccessReader(
-        b, split, keys, decoders=decoders, preprocess=preprocess, asked=asked, label=label,
-        what="a stream", fix=_STREAM_FIX)
+        b, split, keys, decoders=decoders, preprocess=preprocess, shapes=shapes, eager=False,
+        asked=asked, label=label)
   else:
-    reader = _TFDataReader(b, split, keys, decoders=decoders, preprocess=preprocess, asked=asked,
-                           label=label, shuffle_buffer_size=shuffle_buffer_size,
+    reader = _TFDataReader(b, split, keys, decoders=decoders, preprocess=preprocess, shapes=shapes,
+                           asked=asked, label=label, shuffle_buffer_size=shuffle_buffer_size,
                            read_ahead=read_ahead, num_threads=num_threads)
   return Stream(name=full_name, split=split, info=_tfds.info_ref(b), reader=reader, mode=mode,
                 read_ahead=read_ahead, num_threads=num_threads, device=device)
@@ -474,25 +501,28 @@ def default_threads(mode: str, read_ahead: int) -> int:
   return max(1, min(read_ahead + 1, cores // 2 - 1))
 
 
-def decoded_bytes(b, split: str, keys: list[str], decoders) -> tuple[int | None, int]:
-  """(decoded bytes of ``split``, or None if a feature's shape varies; its records).
+def decoded_bytes(b, split: str, keys: list[str], decoders, shapes, asked: set[str]
+                  ) -> tuple[int | None, int, _features.Plan]:
+  """(decoded bytes of ``split`` as an eager load holds it, or None; its records; the plan).
 
-  From the dataset info and a trace of the decoders: no record is read.
+  None when some feature is padded to the split's longest record, unknown
+  before reading. From the dataset info and a trace of the decoders: no record
+  is read.
   """
-  tf, _ = _tfds.import_tf()
   n = _tfds._split_size(b, split)  # pylint: disable=protected-access
+  label = f"{_tfds.full_name(b)}[{split}]"
   if n is None:
-    raise ValueError(f"Expected {_tfds.full_name(b)}[{split}] to list its split sizes in its dataset"
-                     " info, got none; pass eager=True or False to from_tfds.")
+    raise ValueError(f"Expected {label} to list its split sizes in its dataset info, got none;"
+                     " pass eager=True or False to from_tfds.")
   _, spec = _array_record.record_decoder(b, keys, decoders=decoders, preprocess=None)
-  record = 0
-  for s in spec.values():
-    if s.dtype == tf.string:
-      continue  # strings are dropped
-    if not isinstance(s, tf.TensorSpec) or not s.shape.is_fully_defined():
-      return None, n
-    record += s.shape.num_elements() * np.dtype(jax.dtypes.canonicalize_dtype(s.dtype.as_numpy_dtype)).itemsize
-  return record * n, n
+  with warnings.catch_warnings():  # the load itself warns about strings it drops
+    warnings.simplefilter("ignore")
+    plan = _tfds.plan_features(b, spec, keys, shapes=shapes, eager=True, asked=asked, label=label,
+                               what="from_tfds", user_fns=bool(decoders), peek=list)
+  if plan.longest:
+    return None, n, plan
+  record = sum(int(np.prod(shape, dtype=np.int64)) * dtype.itemsize for shape, dtype in plan.spec.values())
+  return record * n, n, plan
 
 
 def from_tfds(
@@ -541,7 +571,8 @@ def from_tfds(
   return stream(name, split, **{k: v for k, v in kwargs.items() if k in _STREAM_ONLY | _SHARED})
 
 
-_SHARED = frozenset({"data_dir", "as_supervised", "include_keys", "exclude_keys", "decoders", "download",
+_SHARED = frozenset({"data_dir", "as_supervised", "include_keys", "exclude_keys", "decoders", "shapes",
+                     "download",
                      "local_files_only", "try_gcs", "download_and_prepare_kwargs", "beam_num_workers",
                      "device"})
 _LOAD_ONLY = frozenset({"cache"})
@@ -565,21 +596,27 @@ def choose(name: str, split: str, *, eager: bool | None = None, memory_budget: i
                         local_files_only=kwargs.get("local_files_only", False),
                         download_and_prepare_kwargs=kwargs.get("download_and_prepare_kwargs"),
                         beam_num_workers=kwargs.get("beam_num_workers"))
-  keys, _ = _tfds.select_keys(b, as_supervised=kwargs.get("as_supervised", False),
-                              include_keys=kwargs.get("include_keys"),
-                              exclude_keys=kwargs.get("exclude_keys"), decoders=kwargs.get("decoders"))
+  keys, asked = _tfds.select_keys(b, as_supervised=kwargs.get("as_supervised", False),
+                                  include_keys=kwargs.get("include_keys"),
+                                  exclude_keys=kwargs.get("exclude_keys"),
+                                  decoders=kwargs.get("decoders"))
   label = f"{_tfds.full_name(b)}[{split}]"
   if kwargs.get("preprocess") is not None:
     if eager:
       raise ValueError(f"Expected no preprocess= for eager=True (load has none), got one for {label};"
                        " use decoders= to transform features in an eager load, or eager=None.")
     return False, "streaming: preprocess= runs per record while streaming"
-  nbytes, n = decoded_bytes(b, split, keys, kwargs.get("decoders"))
+  nbytes, n, plan = decoded_bytes(b, split, keys, kwargs.get("decoders"), kwargs.get("shapes"), asked)
   if nbytes is None:
+    longest = [u for u in plan.units if None in u.sizes]
     if eager:
-      raise ValueError(f"Expected fixed-shape features for eager=True, got variable-shape ones in"
-                       f" {label}; pass decoders that resize them, or stream it with eager=None.")
-    return False, "streaming: it has variable-shape features (stream with preprocess= to batch them)"
+      return True, f"eager (eager=True): {label} padded to its longest records"
+    options = ", ".join(f"{_features._key(u.path)}: tfds_jax.pad(...)" for u in longest)  # pylint: disable=protected-access
+    raise ValueError(
+        f"Expected a size for every feature of varying shape, so that from_tfds can tell whether"
+        f" {label} fits in memory, got {', '.join(_features.name(u.path) for u in longest)} without"
+        f" one; pass shapes={{{options}}} (a stream needs them too), or eager=True to load it"
+        " padded to the longest record of the split.")
   if memory_budget is None:
     budget, where = _tfds.memory_budget()
   else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import json
 import logging
 import os
 import sys
@@ -23,6 +24,7 @@ import numpy as np
 
 from tfds_jax import _array_record
 from tfds_jax import _cache
+from tfds_jax import _features
 from tfds_jax._source import Source, from_arrays
 
 log = logging.getLogger("tfds_jax")
@@ -158,9 +160,9 @@ def ensure_prepared(
   if local_files_only or not download:
     why = "local_files_only=True" if local_files_only else "download=False"
     raise FileNotFoundError(
-        f"Expected prepared files for {b.name!r} (version {b.version}) in {b.data_dir},"
+        f"Expected prepared files for {full_name(b)!r} (version {b.version}) in {b.data_dir},"
         f" found none, and {why} forbids preparing them; prepare it once with"
-        f" `tfds-jax prepare {b.name} --data-dir {os.path.dirname(os.path.dirname(b.data_dir))}`"
+        f" `tfds-jax prepare {full_name(b)} --data-dir {data_dir_root(b)}`"
         " (or tfds build), or pass the data_dir that holds it."
     )
   kwargs = dict(download_and_prepare_kwargs or {})
@@ -220,7 +222,7 @@ def describe(name: str, *, data_dir: str | os.PathLike | None = None) -> str:
   """
   b = builder(name, data_dir=data_dir)
   info = b.info
-  lines = [f"{b.name} {b.version}: {'prepared' if b.is_prepared() else 'not prepared'} in {b.data_dir}"]
+  lines = [f"{full_name(b)} {b.version}: {'prepared' if b.is_prepared() else 'not prepared'} in {b.data_dir}"]
   if info.description:
     lines.append("  " + info.description.strip().splitlines()[0][:200])
   lines.append("features:")
@@ -329,7 +331,7 @@ def _split_size(b, split: str) -> int | None:
     return int(b.info.splits[split].num_examples)
   except (KeyError, ValueError, AssertionError) as e:
     raise ValueError(
-        f"Expected a split of {b.name!r} such as {sorted(b.info.splits.keys())} (slices like"
+        f"Expected a split of {full_name(b)!r} such as {sorted(b.info.splits.keys())} (slices like"
         f" 'train[:10%]' work too), got {split!r}; pick one of those."
     ) from e
 
@@ -362,18 +364,18 @@ def select_keys(
     supervised = b.info.supervised_keys
     if not supervised or not all(isinstance(k, str) for k in supervised):
       raise ValueError(
-          f"Expected {b.name!r} to define flat supervised_keys for as_supervised=True,"
+          f"Expected {full_name(b)!r} to define flat supervised_keys for as_supervised=True,"
           f" got {supervised!r}; load with as_supervised=False and choose features"
           " with include_keys."
       )
     features = list(dict.fromkeys(supervised))
     asked = set(features)
-  include = _check_keys("include_keys", include_keys, features, b.name)
-  exclude = _check_keys("exclude_keys", exclude_keys, features, b.name)
-  _check_keys("decoders keys", list(decoders or {}), list(b.info.features.keys()), b.name)
+  include = _check_keys("include_keys", include_keys, features, full_name(b))
+  exclude = _check_keys("exclude_keys", exclude_keys, features, full_name(b))
+  _check_keys("decoders keys", list(decoders or {}), list(b.info.features.keys()), full_name(b))
   keys = [k for k in features if (not include or k in include) and k not in exclude]
   if not keys:
-    raise ValueError(f"Expected at least one feature of {b.name!r} to load, got none after"
+    raise ValueError(f"Expected at least one feature of {full_name(b)!r} to load, got none after"
                      f" include_keys/exclude_keys; keep at least one of {features}.")
   return keys, asked | include
 
@@ -393,100 +395,17 @@ def _dataset(b, split: str, keys: list[str], decoders: Mapping[str, Any] | None,
                       batch_size=batch_size)
 
 
-def flatten_dict(d: Mapping[str, Any], prefix: str = ""):
-  """Yields ("parent/child", leaf) pairs of a nested dict."""
-  for k, v in d.items():
-    path = f"{prefix}/{k}" if prefix else k
-    if isinstance(v, Mapping):
-      yield from flatten_dict(v, path)
-    else:
-      yield path, v
-
-
-def strings_to_drop(spec: Mapping[str, Any], asked: set[str], label: str) -> list[str]:
-  """The flat string features of ``spec`` (name -> TensorSpec), to be dropped.
-
-  Warns about them; raises when one was asked for by name (include_keys or
-  as_supervised), since JAX arrays cannot hold strings.
-  """
-  tf, _ = import_tf()
-  strings = sorted(k for k, s in spec.items() if s.dtype == tf.string)
-  asked_strings = [k for k in strings if k.split("/")[0] in asked]
-  if asked_strings:
-    raise ValueError(
-        f"Expected numeric features, got string feature(s) {asked_strings} of {label},"
-        " which you asked for by name; JAX arrays cannot hold strings: leave them out,"
-        " map them to ids with a decoder, or read them with tfds directly."
-    )
-  if strings:
-    warnings.warn(f"tfds_jax: dropping string feature(s) {strings} of {label}:"
-                  " JAX arrays cannot hold strings (exclude_keys silences this).", stacklevel=4)
-  return strings
-
-
-def check_fixed_shapes(spec: Mapping[str, Any], label: str, what: str, peek, fix: str) -> None:
-  """Raises for features of ``spec`` whose shape is not fixed, naming shapes seen.
-
-  Args:
-    spec: flat name -> TensorSpec (or RaggedTensorSpec).
-    label: ``name[split]`` for messages.
-    what: the kind of source, for messages ("an eager source").
-    peek: a callable returning a few decoded flat records (numpy) to show shapes.
-    fix: what the user can pass to make them fixed.
-  """
-  tf, _ = import_tf()
-  ragged = sorted(k for k, s in spec.items()
-                  if not isinstance(s, tf.TensorSpec) or s.shape.rank is None or None in s.shape.as_list())
-  if not ragged:
-    return
-  seen = {k: set() for k in ragged}
-  for flat in peek():
-    for k in ragged:
-      seen[k].add(tuple(flat[k].shape if hasattr(flat[k], "shape") else np.shape(flat[k])))
-  shapes = {k: sorted(v)[:5] for k, v in seen.items()}
-  raise ValueError(
-      f"Expected fixed-shape features in {what}, got variable-shape feature(s) of {label}:"
-      f" {', '.join(f'{k} (spec {tuple(spec[k].shape)}, shapes seen {shapes[k]})' for k in ragged)};"
-      f" {fix}, or leave them out with exclude_keys={sorted({k.split('/')[0] for k in ragged})}."
-  )
-
-
-_EAGER_FIX = "pass a decoder that resizes or pads them (decoders={...}), stream the dataset instead"
-
-
 def file_format(b) -> str:
   """``"tfrecord"`` or ``"array_record"``: how ``b``'s dataset was prepared."""
   return str(getattr(b.info.file_format, "value", b.info.file_format) or "tfrecord")
 
 
-def _check_specs(b, split: str, keys: list[str], decoders, asked: set[str]):
-  """Returns the keys to read and their flat specs, without strings or variable shapes.
-
-  String features are left out of decoding (with a warning), or rejected when
-  asked for by name; variable-shape features are rejected.
-  """
-  tf, tfds = import_tf()
-  label = f"{b.name}[{split}]"
-  ds = _dataset(b, split, keys, decoders)
-  spec = dict(flatten_dict(ds.element_spec))
-  strings = strings_to_drop(spec, asked, label)
-  if strings:
-    string_tops = {k.split("/")[0] for k in strings}
-    if any(k.split("/")[0] in string_tops for k in spec if k not in strings):
-      raise ValueError(
-          f"Expected nested features {sorted(string_tops)} of {label} to be all"
-          f" numeric or all strings, got a mix; exclude them with exclude_keys={sorted(string_tops)}.")
-    keys = [k for k in keys if k not in string_tops]
-    if not keys:
-      raise ValueError(f"Expected a numeric feature in {label}, got only strings {strings};"
-                       " map them to ids with a decoder.")
-    ds = _dataset(b, split, keys, decoders)
-    spec = dict(flatten_dict(ds.element_spec))
-  check_fixed_shapes(
-      spec, label, "an eager source",
-      lambda: [dict(flatten_dict(e)) for e in tfds.as_numpy(ds.take(8))],
-      _EAGER_FIX)
-  return keys, {k: (tuple(s.shape.as_list()), s.dtype.as_numpy_dtype) for k, s in spec.items()}
+def plan_features(b, spec, keys: list[str], *, shapes, eager: bool, asked: set[str], label: str,
+                  what: str, user_fns: bool, peek) -> _features.Plan:
+  """:func:`_features.plan` for ``b``'s features ``keys`` whose decoded spec is ``spec``."""
+  return _features.plan(spec, shapes=shapes, sequences=_features.sequence_paths(b.info.features, keys),
+                        eager=eager, asked=asked, top_keys=b.info.features.keys(), label=label,
+                        what=what, user_fns=user_fns, peek=peek)
 
 
 def tf_error_text(error) -> str:
@@ -505,59 +424,76 @@ def to_jax_dtype(key: str, value: np.ndarray, target: np.dtype, label: str) -> n
     bounds = np.iinfo(target)
     if value.min() < bounds.min or value.max() > bounds.max:
       raise ValueError(
-          f"Expected feature {key!r} of {label} to fit {target} (JAX's integer type"
+          f"Expected feature {key} of {label} to fit {target} (JAX's integer type"
           f" with x64 disabled), got values in [{value.min()}, {value.max()}]; enable"
           " jax_enable_x64 before loading, or exclude the feature.")
   return value.astype(target)
 
 
-def _read_all(b, split: str, keys: list[str], decoders, n: int | None, specs: Mapping[str, Any],
-              label: str) -> dict[str, np.ndarray]:
-  """Reads the split in bulk batches into aligned numpy buffers.
+def _read_all(b, split: str, keys: list[str], decoders, n: int | None, plan: _features.Plan
+              ) -> tuple[dict, dict]:
+  """Reads the split in bulk batches into aligned numpy buffers, one per feature.
 
-  ``n`` (from the dataset info) sizes the buffers up front; when it is unknown,
-  the batches are kept and joined at the end (twice the memory).
+  ``n`` (from the dataset info) sizes the buffers up front; when it is unknown
+  (``tfds.testing.mock_data``), or when a size is the split's longest record,
+  the batches are kept and joined at the end (twice the memory of those
+  features). Records are made static per record inside TensorFlow
+  (:func:`_features.apply`), in parallel, unless nothing needs it; then TFDS
+  batches the decoded records itself.
+
+  Returns:
+    ``(arrays, truncated)``: path -> array, and path -> records truncated.
   """
   _, tfds = import_tf()
-  record_bytes = sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize for shape, dt in specs.values())
+  label = plan.label
+  record_bytes = sum(int(np.prod([d or 1 for d in shape], dtype=np.int64)) * dt.itemsize
+                     for shape, dt in plan.spec.values())
   chunk = int(max(1, _CHUNK_BYTES // max(record_bytes, 1)))
   if n is not None:
     chunk = min(chunk, max(n, 1))
+  if plan.identity:  # nothing to do per record: TFDS batches the decoded records
+    ds = _dataset(b, split, keys, decoders, batch_size=chunk)
+  else:
+    ds = _dataset(b, split, keys, decoders).map(
+        lambda record: _features.apply(plan, record), num_parallel_calls=_cores(), deterministic=True)
+    ds = ds.padded_batch(chunk) if plan.longest else ds.batch(chunk)
+    ds = ds.prefetch(2)
   # Buffers in JAX's dtypes (int64 -> int32 with x64 off) so JAX adopts them
   # without a copy; integers that do not fit are an error, never wrapped.
-  target = {k: np.dtype(jax.dtypes.canonicalize_dtype(dt)) for k, (_, dt) in specs.items()}
-  if n is not None:
-    out = {k: _cache.aligned_empty((n, *shape), target[k]) for k, (shape, _) in specs.items()}
-  else:
-    pieces = {k: [] for k in specs}
+  stream_in = n is not None and not plan.longest
+  if stream_in:
+    out = {p: _cache.aligned_empty((n, *shape), dt) for p, (shape, dt) in plan.spec.items()}
+  chunks: list[dict] = []
+  truncated: dict = {}
   from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
   pos = 0
   with tqdm(total=n, desc=f"loading {label}", unit=" records", unit_scale=True, delay=1.0,
             file=sys.stderr, leave=False) as bar:
-    for nested in tfds.as_numpy(_dataset(b, split, keys, decoders, batch_size=chunk)):
-      batch = dict(flatten_dict(nested))
+    for nested in tfds.as_numpy(ds):
+      batch = _features.flatten(_features.check(
+          plan, nested, lambda row, pos=pos: f"record {pos + row}", truncated))
       m = len(next(iter(batch.values())))
       if n is not None and pos + m > n:
         raise RuntimeError(f"Expected {n} records in {label} (from its dataset info), got more;"
                            " the prepared files disagree with their metadata: prepare it again.")
-      for k, v in batch.items():
-        v = to_jax_dtype(k, v, target[k], label)
-        if n is not None:
-          out[k][pos:pos + m] = v
-        else:
-          pieces[k].append(v)
+      batch = {p: to_jax_dtype(_features.name(p), v, plan.spec[p][1], label) for p, v in batch.items()}
+      if stream_in:
+        for p, v in batch.items():
+          out[p][pos:pos + m] = v
+      else:
+        chunks.append(batch)
       pos += m
       bar.update(m)
-  if n is None:
-    out = {}
-    for k, (shape, _) in specs.items():
-      out[k] = _cache.aligned_empty((pos, *shape), target[k])
-      if pos:
-        np.concatenate(pieces[k], out=out[k])
-  elif pos != n:
+  if n is not None and pos != n:
     raise RuntimeError(f"Expected {n} records in {label} (from its dataset info), got {pos};"
                        " the prepared files disagree with their metadata: prepare it again.")
-  return out
+  if not stream_in:
+    out = _features.longest_padding(plan, chunks, pos, _cache.aligned_empty)
+  return out, truncated
+
+
+def _cores() -> int:
+  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def load(
@@ -569,6 +505,7 @@ def load(
     include_keys: Iterable[str] | None = None,
     exclude_keys: Iterable[str] | None = None,
     decoders: Mapping[str, Any] | None = None,
+    shapes: Mapping[str | tuple, _features.FixedShape] | None = None,
     download: bool = True,
     local_files_only: bool = False,
     try_gcs: bool = False,
@@ -599,6 +536,14 @@ def load(
       Wrap them in ``tfds.decode.PartialDecoding`` yourself only if you need
       its nested selection; plain ``{feature: decoder}`` dicts are merged with
       the key selection.
+    shapes: how features whose shape varies (or strings) get a static one:
+      ``{name: tfds_jax.pad(...) | resize(...) | crop(...) | encode_text(...) |
+      tokenize(...)}``; a name is a top-level feature (a Sequence of features,
+      such as ``"objects"``, shares one padded length) or a tuple path into a
+      nested one. Features with one varying dimension that are not named are
+      padded to the longest record of the split; images of varying size need
+      a size. Each fixed feature gains a sibling with its true size
+      (``<name>_length`` or ``<name>_shape``). See :func:`pad`.
     download: prepare the dataset if it is not prepared yet.
     local_files_only: never download or prepare; fail if nothing is prepared.
     try_gcs: let TFDS read prepared files from its public GCS bucket.
@@ -613,13 +558,17 @@ def load(
 
   Returns:
     A :class:`Source` with ``name`` and ``split`` set and ``info`` referring to
-    the dataset's ``DatasetInfo`` (get it with :func:`info`); nested features
-    are flattened to ``"parent/child"`` keys.
+    the dataset's ``DatasetInfo`` (get it with :func:`info`). Its ``data``
+    has TFDS's structure and names: nested features (a Sequence's fields, a
+    ``FeaturesDict``) are nested dicts, and a top-level name with a ``/``
+    (``"image/filename"``) stays one name.
 
   Raises:
     ValueError: unknown dataset (close names listed), unknown split (splits
       listed), both include and exclude keys, unknown keys (the dataset's keys
-      listed), string features asked for by name, variable-shape features.
+      listed), string features asked for by name without an encoding, images
+      of varying size without a size, a record longer than its fixed size
+      (unless the option truncates).
     FileNotFoundError: nothing prepared while ``local_files_only`` or
       ``download=False``.
 
@@ -636,22 +585,29 @@ def load(
         f"Expected at most one of include_keys and exclude_keys, got both"
         f" ({sorted(include_keys)} and {sorted(exclude_keys)}); keep one."
     )
-  key = {"format": _cache.FORMAT, "name": name, "split": split, "x64": bool(jax.config.jax_enable_x64),
+  shapes_key = _features.cache_key(shapes)
+  key = {"format": _cache.FORMAT, "layout": "nested", "name": name, "split": split,
+         "x64": bool(jax.config.jax_enable_x64),
          "data_dir": os.fspath(data_dir) if data_dir is not None else os.environ.get("TFDS_DATA_DIR"),
          "as_supervised": bool(as_supervised),
          "include_keys": None if include_keys is None else sorted(_as_set(include_keys)),
-         "exclude_keys": None if exclude_keys is None else sorted(_as_set(exclude_keys))}
-  use_cache = cache and not decoders and not try_gcs
+         "exclude_keys": None if exclude_keys is None else sorted(_as_set(exclude_keys)),
+         "shapes": shapes_key}
+  use_cache = cache and not decoders and not try_gcs and (shapes_key is not None)
   if use_cache:
     hit = _cache.read(key)  # no TensorFlow on this path
     if hit is not None:
       arrays, meta = hit
-      log.info("tfds_jax: loaded %s[%s] from cache %s", meta["name"], split, _cache.entry_dir(key))
-      return from_arrays(arrays, name=meta["name"], split=split,
+      log.info("loaded %s[%s] from cache %s", meta["name"], split, _cache.entry_dir(key))
+      for path, count in meta.get("truncated", []):
+        log.warning("%s of %s[%s]: %d record(s) were truncated when it was cached (truncate=True)",
+                    _features.name(tuple(path)), meta["name"], split, count)
+      return from_arrays(_unflatten_cached(arrays), name=meta["name"], split=split,
                          info=DatasetInfoRef(meta["info_dir"]), device=device)
   elif cache:
-    log.info("tfds_jax: not caching %s[%s]: %s.", name, split,
-             "custom decoders cannot be fingerprinted" if decoders else "files read from GCS")
+    why = ("custom decoders cannot be fingerprinted" if decoders else "files read from GCS"
+           if try_gcs else "a tokenizer without cache_key cannot be fingerprinted")
+    log.info("not caching %s[%s]: %s", name, split, why)
   b = builder(name, data_dir=data_dir, try_gcs=try_gcs)
   ensure_prepared(b, download=download, local_files_only=local_files_only,
                   download_and_prepare_kwargs=download_and_prepare_kwargs,
@@ -666,23 +622,39 @@ def load(
   start = time.perf_counter()
   if file_format(b) == "array_record":
     reader = _array_record.RandomAccessReader(
-        b, split, keys, decoders=decoders, preprocess=None, asked=asked, label=label,
-        what="an eager source", fix=_EAGER_FIX)
+        b, split, keys, decoders=decoders, preprocess=None, shapes=shapes, eager=True, asked=asked,
+        label=label)
     try:
-      arrays = _array_record.read_all(reader)
+      arrays, truncated = _array_record.read_all(reader)
     finally:
       reader.close()
-    keys = [k for k in keys if any(f.split("/")[0] == k for f in arrays)]
+    plan = reader.plan
   else:
-    keys, specs = _check_specs(b, split, keys, decoders, asked)
-    arrays = _read_all(b, split, keys, decoders, num_records, specs, label)
-  log.info("tfds_jax: decoded %s in %.2fs", label, time.perf_counter() - start)
+    ds = _dataset(b, split, keys, decoders)
+    plan = plan_features(b, ds.element_spec, keys, shapes=shapes, eager=True, asked=asked,
+                         label=label, what="an eager load", user_fns=bool(decoders),
+                         peek=lambda: list(import_tf()[1].as_numpy(ds.take(8))))
+    arrays, truncated = _read_all(b, split, keys, decoders, num_records, plan)
+  _features.report_truncated(plan, truncated, len(next(iter(arrays.values()))))
+  log.info("decoded %s in %.2fs", label, time.perf_counter() - start)
   ref = info_ref(b)
   if use_cache:
     extra = {"name": full_name(b), "version": str(b.version), "config": config, "keys": keys,
-             "info_dir": ref.data_dir}
-    _cache.write_async(key, arrays, tree, fingerprint, extra)
-  return from_arrays(arrays, name=full_name(b), split=split, info=ref, device=device)
+             "info_dir": ref.data_dir, "truncated": [[list(p), c] for p, c in truncated.items()]}
+    _cache.write_async(key, {json.dumps(list(p)): v for p, v in arrays.items()}, tree, fingerprint,
+                       extra)
+  return from_arrays(_features.unflatten(arrays), name=full_name(b), split=split, info=ref,
+                     device=device)
+
+
+def _unflatten_cached(arrays: Mapping[str, np.ndarray]) -> dict:
+  """Cache entries name each array by its JSON-encoded path."""
+  return _features.unflatten({tuple(json.loads(k)): v for k, v in arrays.items()})
+
+
+def data_dir_root(b) -> str:
+  """The ``data_dir`` that holds ``b``'s dataset (its prepared files sit in NAME[/CONFIG]/VERSION)."""
+  return os.fspath(Path(b.data_dir).parents[2 if b.builder_config is not None else 1])
 
 
 def full_name(b) -> str:
