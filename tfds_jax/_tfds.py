@@ -225,22 +225,29 @@ def describe(name: str, *, data_dir: str | os.PathLike | None = None) -> str:
   lines = [f"{full_name(b)} {b.version}: {'prepared' if b.is_prepared() else 'not prepared'} in {b.data_dir}"]
   if info.description:
     lines.append("  " + info.description.strip().splitlines()[0][:200])
-  lines.append("features:")
+  lines.append("features (nested ones by path; sizes that vary need shapes={...} to be loaded):")
   record_bytes, fixed = 0, True
-  for key, feature in info.features.items():
-    tensors = feature.get_tensor_info()
-    leaves = dict(flatten_dict(tensors, key)) if isinstance(tensors, Mapping) else {key: tensors}
-    for path, t in leaves.items():
-      shape = tuple(t.shape)
-      numeric = np.dtype(t.np_dtype).kind not in "OSU"
-      if numeric and None not in shape:
-        record_bytes += int(np.prod(shape, dtype=np.int64)) * np.dtype(jax.dtypes.canonicalize_dtype(t.np_dtype)).itemsize
-      else:
-        fixed = fixed and not numeric  # strings are dropped by load; variable shapes block it
-      kind = type(feature).__name__
-      extra = f", {feature.num_classes} classes" if hasattr(feature, "num_classes") else ""
-      note = "" if numeric and None not in shape else ("  (string: dropped by load)" if not numeric else "  (variable shape)")
-      lines.append(f"  {path}: {kind} {np.dtype(t.np_dtype).name}{list(shape)}{extra}{note}")
+  for path, feature, t, group in _feature_leaves(info.features):
+    shape = tuple(t.shape)
+    numeric = np.dtype(t.np_dtype).kind not in "OSU"
+    if numeric and None not in shape:
+      record_bytes += int(np.prod(shape, dtype=np.int64)) * np.dtype(jax.dtypes.canonicalize_dtype(t.np_dtype)).itemsize
+    elif numeric:
+      fixed = False
+    extra = f", {feature.num_classes} classes" if hasattr(feature, "num_classes") else ""
+    if not numeric:
+      note = f"  (text: dropped, or shapes={{{_features.name(path)}: tfds_jax.encode_text(N)}})" \
+          if not shape else "  (strings: dropped)"
+    elif None not in shape:
+      note = ""
+    elif group is not None:
+      note = f"  (Sequence: shapes={{{_features.name(group)}: tfds_jax.pad(N)}} pads all its fields)"
+    elif len(shape) == 3 and None in shape[:2]:
+      note = f"  (size varies: shapes={{{_features.name(path)}: tfds_jax.resize(H, W)}})"
+    else:
+      note = f"  (length varies: shapes={{{_features.name(path)}: tfds_jax.pad(N)}})"
+    lines.append(f"  {_features.name(path)}: {type(feature).__name__}"
+                 f" {np.dtype(t.np_dtype).name}{list(shape)}{extra}{note}")
   if info.supervised_keys:
     lines.append(f"supervised keys: {info.supervised_keys}")
   budget, where = memory_budget()
@@ -250,13 +257,29 @@ def describe(name: str, *, data_dir: str | os.PathLike | None = None) -> str:
   for split, split_info in sorted(info.splits.items()):
     nbytes = record_bytes * split_info.num_examples
     if not fixed:
-      size = f", variable-shape: from_tfds would stream it ({stream}; batch it with preprocess=)"
+      size = (", sizes vary: give them with shapes= (then from_tfds can size it; an eager load pads"
+              " what varies in one dimension to the longest record)")
     elif nbytes <= budget:
       size = f", {human(nbytes)} decoded: fits in memory, from_tfds would load it eagerly"
     else:
       size = f", {human(nbytes)} decoded: does not fit the budget, from_tfds would stream it ({stream})"
     lines.append(f"  {split}: {split_info.num_examples:,} records{size}")
   return "\n".join(lines)
+
+
+def _feature_leaves(features, path: tuple = (), group: tuple | None = None):
+  """Yields (path, feature, TensorInfo, Sequence path or None) of each leaf of a FeaturesDict."""
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  for key, feature in features.items():
+    here = path + (key,)
+    if isinstance(feature, tfds.features.FeaturesDict):
+      yield from _feature_leaves(feature, here, group)
+    elif isinstance(feature, tfds.features.Sequence) and isinstance(feature.feature, tfds.features.FeaturesDict):
+      infos = feature.get_tensor_info()
+      for child_key, child in feature.feature.items():
+        yield here + (child_key,), child, infos[child_key], group or here
+    else:
+      yield here, feature, feature.get_tensor_info(), group
 
 
 def memory_budget() -> tuple[int, str]:
