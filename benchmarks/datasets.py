@@ -7,6 +7,10 @@ made by upscaling scikit-learn's real 8x8 digits with random shifts and noise
 smooth random colour fields with noise.
 ``bench_large``: 12,800 train records of raw 224x224x3 uint8 images (1.9 GB,
 ImageNet-sized records), prepared as ArrayRecord only, for streaming memory.
+``bench_varimages``: 6,000 JPEG images of varying size (96 to 320 pixels a
+side), as tf_flowers or imagenet2012 hold them; ``bench_objects``: 100,000
+records of coco/2017's ``objects`` Sequence (0 to 40 boxes, about 7 on
+average); both for the static-shape figures (features.py).
 
 Run ``python benchmarks/datasets.py`` to prepare both under
 ``benchmarks/data`` (or ``$BENCH_DATA_DIR``); the benchmarks call
@@ -24,6 +28,8 @@ import numpy as np
 
 DATA_DIR = Path(os.environ.get("BENCH_DATA_DIR", Path(__file__).parent / "data"))
 LARGE_RECORDS = 12_800
+VARIMAGES_RECORDS = 6_000
+OBJECTS_RECORDS = 100_000
 
 
 def _mnist_like(i: int, digits, targets) -> tuple[np.ndarray, int]:
@@ -42,6 +48,24 @@ def _cifar_like(i: int) -> tuple[np.ndarray, int]:
   coarse = rng.integers(0, 256, (4, 4, 3)).astype(np.float64)
   image = np.kron(coarse, np.ones((8, 8, 1))) + rng.normal(0, 12, (32, 32, 3))
   return np.clip(image, 0, 255).astype(np.uint8), int(rng.integers(10))
+
+
+def _varimage(i: int) -> dict:
+  rng = np.random.default_rng(i)
+  h, w = rng.integers(96, 321, 2)
+  coarse = rng.integers(0, 256, (4, 4, 3)).astype(np.float32)
+  image = np.kron(coarse, np.ones((-(-h // 4), -(-w // 4), 1), np.float32))[:h, :w]
+  image += rng.normal(0, 10, image.shape).astype(np.float32)
+  return {"image": np.clip(image, 0, 255).astype(np.uint8), "label": int(rng.integers(10))}
+
+
+def _objects(i: int) -> dict:
+  rng = np.random.default_rng(i)
+  k = int(min(40, rng.geometric(1 / 7.0) - 1))  # coco has about 7 objects per image, a long tail
+  lo = rng.uniform(0, 0.8, (k, 2)).astype(np.float32)
+  return {"image/id": i, "objects": {
+      "area": rng.integers(1, 100_000, k), "bbox": np.concatenate([lo, lo + 0.2], axis=1),
+      "label": rng.integers(0, 80, k), "is_crowd": rng.random(k) < 0.05}}
 
 
 @functools.lru_cache(maxsize=None)
@@ -117,7 +141,52 @@ def builders():
         image[0, 0] = (i % 256, i // 256 % 256, i // 65536)  # every record distinct
         yield i, {"image": image, "label": i % 10}
 
-  return {"bench_mnist": BenchMnist, "bench_cifar": BenchCifar, "bench_large": BenchLarge}
+  class BenchVarimages(tfds.core.GeneratorBasedBuilder):
+    """tf_flowers-like: JPEG images of varying size (96 to 320 pixels a side), 10 classes."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return self.dataset_info_from_configs(
+          description="Variable-size JPEG images: smooth random colour fields with noise.",
+          features=tfds.features.FeaturesDict({
+              "image": tfds.features.Image(encoding_format="jpeg"),
+              "label": tfds.features.ClassLabel(num_classes=10)}),
+          supervised_keys=("image", "label"))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(VARIMAGES_RECORDS)}
+
+    def _generate_examples(self, n):
+      for i in range(n):
+        yield i, _varimage(i)
+
+  class BenchObjects(tfds.core.GeneratorBasedBuilder):
+    """coco-like annotations: a Sequence of 0 to 40 objects (box, label, area, crowd flag) per record."""
+
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return self.dataset_info_from_configs(
+          description="coco/2017's objects Sequence, without the images.",
+          features=tfds.features.FeaturesDict({
+              "image/id": np.int64,
+              "objects": tfds.features.Sequence({
+                  "area": np.int64,
+                  "bbox": tfds.features.BBoxFeature(),
+                  "label": tfds.features.ClassLabel(num_classes=80),
+                  "is_crowd": np.bool_}),
+          }))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(OBJECTS_RECORDS)}
+
+    def _generate_examples(self, n):
+      for i in range(n):
+        yield i, _objects(i)
+
+  return {"bench_mnist": BenchMnist, "bench_cifar": BenchCifar, "bench_large": BenchLarge,
+          "bench_varimages": BenchVarimages, "bench_objects": BenchObjects}
 
 
 def prepare(names=("bench_mnist", "bench_cifar"), file_format: str = "tfrecord") -> Path:

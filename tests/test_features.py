@@ -225,7 +225,7 @@ def test_names_with_a_slash_are_top_level_features(dirs):
   raw = _records(d, "toy_detection", "test")
   got = [bytes(np.asarray(t[:n])).decode() for t, n in zip(names.data["image/filename"], names.data["image/filename_length"])]
   assert got == [r["image/filename"].decode() for r in raw]
-  with pytest.raises(ValueError, match=r"got 'image/filename' \(text, asked for by name\); pass shapes=\{'image/filename': tfds_jax.encode_text\(16\)\}"):
+  with pytest.raises(ValueError, match=r"got 'image/filename' \(text, asked for by name: JAX arrays hold numbers only\); pass shapes=\{'image/filename': tfds_jax.encode_text\(16\)\}"):
     tfds_jax.load("toy_detection", "test", data_dir=d, include_keys=["image/filename"])
   ids = tfds_jax.load("toy_detection", "test", data_dir=d, include_keys=["image/id", "image"], cache=False,
                       shapes={"image": tfds_jax.resize(4, 4)})
@@ -429,3 +429,41 @@ def test_padded_sources_in_pipelines_and_on_a_mesh(detection):
   assert sharded["objects"]["bbox"].sharding.spec == P("data")
   stats = tfds_jax.compute_statistics(eager, features=["image", ("objects", "area")])
   assert stats.mean["image"].shape == (3,) and stats.mean["objects"]["area"].shape == (5,)  # per slot
+
+
+REAL = [  # the real TFDS builders, fed by tfds.testing.mock_data (random records of their features)
+    ("coco/2017", dict(include_keys={"image", "objects"},
+                       shapes={"image": tfds_jax.resize(32, 32), "objects": tfds_jax.pad(100, truncate=True)}),
+     {"image": (32, 32, 3), "image_shape": (3,), "objects_length": (), ("objects", "bbox"): (100, 4),
+      ("objects", "label"): (100,), ("objects", "is_crowd"): (100,)}),
+    ("voc/2007", dict(shapes={"image": tfds_jax.resize(32, 32), "image/filename": tfds_jax.encode_text(64, truncate=True)}),
+     {"image": (32, 32, 3), "image/filename": (64,), "image/filename_length": (), "objects_length": ()}),
+    ("imdb_reviews", dict(as_supervised=True, shapes={"text": tfds_jax.encode_text(512, truncate=True)}),
+     {"text": (512,), "text_length": (), "label": ()}),
+    ("speech_commands", dict(as_supervised=True, shapes={"audio": tfds_jax.pad(16000, truncate=True)}),
+     {"audio": (16000,), "audio_length": (), "label": ()}),
+    ("oxford_iiit_pet", dict(shapes={"image": tfds_jax.resize(16, 16),
+                                     "segmentation_mask": tfds_jax.resize(16, 16, method="nearest")}),
+     {"image": (16, 16, 3), "segmentation_mask": (16, 16, 1), "head_bbox": (4,)}),
+    ("glue/sst2", dict(shapes={"sentence": tfds_jax.encode_text(100, truncate=True)}),
+     {"sentence": (100,), "label": (), "idx": ()}),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,shapes", REAL, ids=[r[0] for r in REAL])
+def test_real_builders_load_with_their_own_features(name, kwargs, shapes):
+  with tfds.testing.mock_data(num_examples=6):
+    source = tfds_jax.load(name, "train", cache=False, **kwargs)
+    raw = list(tfds.as_numpy(tfds.builder(name).as_dataset(split="train", shuffle_files=False)))
+  assert source.num_records == 6 and source.name.startswith(name)
+  spec = tfds_jax.element_spec(source)
+  for feature, shape in shapes.items():
+    assert tfds_jax._features.get(spec, feature).shape == shape, feature  # pylint: disable=protected-access
+  if name == "imdb_reviews":
+    for i, r in enumerate(raw):
+      n = int(source.data["text_length"][i])
+      assert bytes(np.asarray(source.data["text"][i][:n])) == r["text"][:512]
+  if name == "speech_commands":
+    for i, r in enumerate(raw):
+      np.testing.assert_array_equal(source.data["audio"][i], _pad(r["audio"], 16000)[0])
+

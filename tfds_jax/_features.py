@@ -653,7 +653,7 @@ def _needs_message(needs, flat, sequences, eager, top_keys, asked, label, what, 
     sizes = seen.get(path)
     if why == "string":
       longest = max((len(v) for v in sizes), default=0) if sizes else None
-      parts.append(f"{name(path)} (text, asked for by name)")
+      parts.append(f"{name(path)} (text, asked for by name: JAX arrays hold numbers only)")
       options.append(f'{name(path)}: tfds_jax.encode_text({_round_up(longest) if longest else "MAX_LENGTH"})')
       continue
     if why in ("ragged", "strings"):
@@ -668,7 +668,9 @@ def _needs_message(needs, flat, sequences, eager, top_keys, asked, label, what, 
       if group in done_groups:
         continue
       done_groups.add(group)
-      longest = max((v[0] for v in seen.get(path, [])), default=None)
+      lengths = sorted({v[0] for v in sizes}) if sizes else []
+      longest = max(lengths, default=None)
+      seen_text = f", lengths seen {lengths[:6]}" if lengths else ""
       parts.append(f"{name(group)} (a Sequence: its fields share one length{seen_text})")
       options.append(f"{_key(group)}: tfds_jax.pad({_round_up(longest) if longest else 'LENGTH'})")
     else:
@@ -685,13 +687,13 @@ def _needs_message(needs, flat, sequences, eager, top_keys, asked, label, what, 
         options.append(f"{_key(path)}: tfds_jax.pad({hint})")
     if path[0] in top_keys and path[0] not in asked and path[0] not in leave_out:
       leave_out.append(path[0])
-  kind = "an eager load needs sizes for features with several varying dimensions" if eager else \
-      "a stream needs every size given"
-  text = (f"Expected a static shape for every feature in {what} of {label} ({kind}), got"
-          f" {'; '.join(parts)}")
+  shaped = [why for _, why in needs if why == "shape"]
+  kind = "" if not shaped else " (an eager load pads only what varies in one dimension, to the longest" \
+      " record; other sizes must be given)" if eager else " (a stream needs every size given)"
+  text = f"Expected a static shape for every feature in {what} of {label}{kind}, got {'; '.join(parts)}"
   fixes = []
   if options:
-    fixes.append(f"pass shapes={{{', '.join(options)}}} (sizes are examples from the first records)")
+    fixes.append(f"pass shapes={{{', '.join(options)}}} (sizes: the largest in the first records)")
   if user_fns:
     fixes.append("if your decoders or preprocess already make a feature fixed, declare its"
                  " static shape there with x = tf.ensure_shape(x, [...])")
@@ -893,10 +895,16 @@ def longest_padding(plan_: Plan, chunks: list[dict[Path, np.ndarray]], total: in
   """
   paths = list(chunks[0]) if chunks else list(plan_.spec)
   values = {leaf: u.fix.value for u in plan_.units for leaf, _, _ in u.leaves}
+  shapes = {p: tuple(np.max([c[p].shape[1:] for c in chunks], axis=0)) if chunks else tuple(
+      0 if d is None else d for d in plan_.spec[p][0]) for p in paths}
+  for unit in plan_.units:  # the fields of a Sequence share one length
+    if len(unit.leaves) > 1 and unit.sizes == (None,):
+      longest = max(shapes[leaf][0] for leaf, _, _ in unit.leaves)
+      for leaf, _, _ in unit.leaves:
+        shapes[leaf] = (longest,) + shapes[leaf][1:]
   out = {}
   for path in paths:
-    shape = tuple(np.max([c[path].shape[1:] for c in chunks], axis=0)) if chunks else tuple(
-        0 if d is None else d for d in plan_.spec[path][0])
+    shape = shapes[path]
     dtype = chunks[0][path].dtype if chunks else plan_.spec[path][1]
     array = empty((total, *shape), dtype)
     pos = 0
