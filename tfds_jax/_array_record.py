@@ -113,7 +113,6 @@ class RandomAccessReader:
     spec: feature path -> ``(shape, numpy dtype)`` of one decoded record, in
       JAX's dtypes (int64 becomes int32 when x64 is off).
     label: ``name[split]`` for messages.
-    truncated: feature path -> records truncated so far (``truncate=True``).
   """
 
   def __init__(
@@ -131,8 +130,6 @@ class RandomAccessReader:
   ):
     tf, _ = _tfds.import_tf()
     self.label = label
-    self.truncated: dict = {}
-    self._counting = threading.Lock()
     try:
       self._raw = Records(b.info.splits[split].file_instructions)
     except (KeyError, ValueError, AssertionError) as e:
@@ -157,11 +154,14 @@ class RandomAccessReader:
                                      self._one.get_concrete_function().structured_outputs)
     if plan.longest:  # an eager load padding to the longest record: sizes vary per batch
 
+      padding = _features.padding(plan)
+
       @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
       def decode_batch(serialized):
         ds = tf.data.Dataset.from_tensor_slices(serialized).map(
-            one_static, num_parallel_calls=_PARALLEL_RECORDS, deterministic=True)
-        return ds.padded_batch(tf.shape(serialized, out_type=tf.int64)[0]).get_single_element()
+            lambda r: _features.apply(plan, one(r), pad=False), num_parallel_calls=_PARALLEL_RECORDS,
+            deterministic=True)
+        return ds.padded_batch(tf.shape(serialized, out_type=tf.int64)[0], *padding).get_single_element()
     else:
 
       @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
@@ -204,23 +204,25 @@ class RandomAccessReader:
       raise RuntimeError(f"Expected to decode records {indices[:8]}... of {self.label},"
                          f" got {type(e).__name__}: {_tfds.tf_error_text(e)}") from e
 
-  def finish(self, indices, tensors: Mapping[str, Any]) -> dict:
+  def finish(self, indices, tensors: Mapping[str, Any], truncated: dict) -> dict:
     """A decoded batch checked against the plan: feature path -> tensor (no bookkeeping).
+
+    The records it truncated (``truncate=True``) are added to ``truncated``.
 
     Raises:
       ValueError: a record exceeds its fixed size (the message names it).
     """
     indices = np.asarray(indices).reshape(-1)
-    with self._counting:  # batches of one reader may finish on several threads
-      checked = _features.check(self.plan, tensors, lambda row: f"record {int(indices[row])}",
-                                self.truncated)
-    return _features.flatten(checked)
+    return _features.flatten(_features.check(
+        self.plan, tensors, lambda row: f"record {int(indices[row])}", truncated))
 
-  def read(self, indices: np.ndarray) -> dict:
-    """The decoded records at ``indices``: feature path -> numpy array in JAX's dtypes."""
-    tensors = self.finish(indices, self.decode(indices, self.records(indices)))
+  def read(self, indices: np.ndarray) -> tuple[dict, dict]:
+    """The decoded records at ``indices``: feature path -> numpy array in JAX's dtypes, and
+    feature path -> records truncated."""
+    truncated: dict = {}
+    tensors = self.finish(indices, self.decode(indices, self.records(indices)), truncated)
     return {p: _tfds.to_jax_dtype(_features.name(p), v.numpy(), self.spec[p][1], self.label)
-            for p, v in tensors.items()}
+            for p, v in tensors.items()}, truncated
 
   def close(self) -> None:
     """Closes the ArrayRecord files."""
@@ -246,6 +248,7 @@ def read_all(reader: RandomAccessReader, *, num_threads: int = 2,
   out = {} if longest else {p: _cache.aligned_empty((n, *shape), dtype)
                             for p, (shape, dtype) in reader.spec.items()}
   chunks: list[dict] = []
+  truncated: dict = {}
   from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
   with concurrent.futures.ThreadPoolExecutor(num_threads) as pool, tqdm(
       total=n, desc=f"loading {reader.label}", unit=" records", unit_scale=True, delay=1.0,
@@ -254,7 +257,9 @@ def read_all(reader: RandomAccessReader, *, num_threads: int = 2,
 
     def copy_oldest():
       start, future = pending.popleft()
-      part = future.result()
+      part, cut = future.result()
+      for p, count in cut.items():
+        truncated[p] = truncated.get(p, 0) + count
       if longest:
         chunks.append(part)
       else:
@@ -270,4 +275,4 @@ def read_all(reader: RandomAccessReader, *, num_threads: int = 2,
       copy_oldest()
   if longest:
     out = _features.longest_padding(reader.plan, chunks, n, _cache.aligned_empty)
-  return out, dict(reader.truncated)
+  return out, truncated

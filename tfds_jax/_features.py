@@ -406,6 +406,8 @@ class Plan:
     units: the fixes, in a fixed order.
     kept: paths of the leaves read (strings without an encoding are left out).
     dropped: paths of the leaves left out.
+    tf_dtypes: output path -> numpy dtype of the TensorFlow tensor read (before
+      JAX's canonical dtype: int64, where ``spec`` may say int32).
     spec: output path -> ``(shape, numpy dtype)`` of one record in JAX's
       dtypes; a ``None`` dimension is padded to the longest record (eager).
     label: ``name[split]`` for messages.
@@ -415,6 +417,7 @@ class Plan:
   kept: tuple
   dropped: tuple
   spec: dict
+  tf_dtypes: dict
   label: str
 
   @property
@@ -535,16 +538,21 @@ def plan(
         " (or tokenize(fn)), or leave it out with exclude_keys to silence this.", stacklevel=5)
 
   out: dict[Path, tuple] = {}
+  tf_dtypes: dict[Path, np.dtype] = {}
   kept = []
   for path, s in flat.items():
     if path in dropped:
       continue
     kept.append(path)
+    tf_dtypes[path] = np.dtype(s.dtype.as_numpy_dtype)
     if path not in covered:
       out[path] = (tuple(s.shape.as_list()), _canonical(s.dtype.as_numpy_dtype))
   for unit in units:
     for leaf, dims, _ in unit.leaves:
       out[leaf] = _fixed_spec(unit, leaf, dims, flat[leaf])
+      if unit.fix.kind in ("text", "tokenize"):
+        tf_dtypes[leaf] = out[leaf][1]
+    tf_dtypes[unit.sibling] = np.dtype(np.int32)
     out[unit.sibling] = ((), np.dtype(np.int32)) if unit.sibling[-1].endswith("_length") else \
         ((unit.leaves[0][2],), np.dtype(np.int32))
   siblings = [u.sibling for u in units]
@@ -557,7 +565,8 @@ def plan(
           " rename it in preprocess).")
   if PRIVATE in spec:
     raise ValueError(f"Expected no feature named {PRIVATE!r} in {label}, got one; rename it.")
-  return Plan(units=tuple(units), kept=tuple(kept), dropped=tuple(dropped), spec=out, label=label)
+  return Plan(units=tuple(units), kept=tuple(kept), dropped=tuple(dropped), spec=out,
+              tf_dtypes=tf_dtypes, label=label)
 
 
 def _shape_path(key: Any, flat: Mapping[Path, Any], label: str) -> Path:
@@ -729,11 +738,14 @@ def _seen_sizes(peek, paths) -> dict[Path, list]:
 
 # --- Applying a plan --------------------------------------------------------
 
-def apply(plan_: Plan, record: Mapping[str, Any]) -> dict[str, Any]:
+def apply(plan_: Plan, record: Mapping[str, Any], *, pad: bool = True) -> dict[str, Any]:
   """The TensorFlow half: one decoded record made static (run per record in TF).
 
   Keeps the planned leaves, applies each unit, adds the siblings, and (when a
   size may be exceeded) the true sizes under ``PRIVATE`` for :func:`check`.
+  With ``pad=False`` records longer than a size are cut to it but shorter ones
+  are left for ``padded_batch`` with :func:`padding` to pad, which does it in
+  one step per batch.
   """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   flat = flatten(record)
@@ -750,17 +762,36 @@ def apply(plan_: Plan, record: Mapping[str, Any]) -> dict[str, Any]:
       if kind in ("text", "tokenize"):
         flat = {**flat, unit.path: _encode(flat[unit.path], unit.fix)}
       first, dims, _ = unit.leaves[0]
-      true = tf.gather(_shape_of(flat[first]), dims)
+      shape = _shape_of(flat[first])
+      true = tf.stack([shape[d] for d in dims])
+      kept = [shape[d] if s is None else tf.minimum(shape[d], s) for d, s in zip(dims, unit.sizes)]
       for leaf, leaf_dims, _ in unit.leaves:
-        out[leaf] = _pad_dims(flat[leaf], leaf_dims, unit.sizes, unit.fix.value)
-      kept = tf.minimum(true, [tf.int32.max if s is None else s for s in unit.sizes])
+        out[leaf] = _cut_and_pad(flat[leaf], leaf_dims, unit.sizes, kept, unit.fix.value, pad)
       out[unit.sibling] = kept[0] if unit.sibling[-1].endswith("_length") else \
-          tf.tensor_scatter_nd_update(_shape_of(flat[first]), [[d] for d in dims], kept)
-    for leaf, _, _ in unit.leaves:
-      out[leaf] = tf.ensure_shape(out[leaf], plan_.spec[leaf][0])
+          tf.stack([kept[dims.index(d)] if d in dims else shape[d] for d in range(unit.leaves[0][2])])
+    if pad or kind in ("resize", "crop"):
+      for leaf, _, _ in unit.leaves:
+        out[leaf].set_shape(plan_.spec[leaf][0])  # static by construction
     if unit.checks_overflow:
       out[(PRIVATE, str(i))] = true
   return unflatten(out)
+
+
+def padding(plan_: Plan) -> tuple[dict, dict]:
+  """``(padded_shapes, padding_values)`` for ``padded_batch`` of records made by
+  ``apply(plan_, record, pad=False)``: every feature at its planned size (``None``
+  for the longest record of the batch), padded with its option's value."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  values = {leaf: u.fix.value for u in plan_.units for leaf, _, _ in u.leaves}
+  shapes, pads = {}, {}
+  for path, (shape, dtype) in plan_.spec.items():
+    shapes[path] = tf.TensorShape(shape)
+    pads[path] = tf.cast(values.get(path, 0), tf.as_dtype(plan_.tf_dtypes[path]))
+  for i, unit in enumerate(plan_.units):
+    if unit.checks_overflow:
+      shapes[(PRIVATE, str(i))] = tf.TensorShape([len(unit.sizes)])
+      pads[(PRIVATE, str(i))] = tf.constant(0, tf.int32)
+  return unflatten(shapes), unflatten(pads)
 
 
 def _shape_of(x):
@@ -793,20 +824,23 @@ def _encode(text, fix: FixedShape):
   return ids
 
 
-def _pad_dims(x, dims: tuple, sizes: tuple, value):
-  """``x`` cut to ``sizes`` along ``dims`` and padded up to them (None: unchanged)."""
+def _cut_and_pad(x, dims: tuple, sizes: tuple, kept: list, value, pad: bool):
+  """``x`` cut to ``sizes`` along ``dims`` (``kept``: its sizes after the cut) and, with
+  ``pad``, padded with ``value`` up to them (a ``None`` size: left as it is)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  given = [(d, s) for d, s in zip(dims, sizes) if s is not None]
-  if not given:
+  if all(s is None for s in sizes):
     return x
-  shape = tf.shape(x)
-  limit = tf.tensor_scatter_nd_update(tf.fill(tf.shape(shape), -1), [[d] for d, _ in given],
-                                      [tf.minimum(shape[d], s) for d, s in given])
-  x = tf.slice(x, tf.zeros_like(shape), limit)
-  kept = tf.shape(x)
-  pads = tf.tensor_scatter_nd_update(tf.zeros_like(shape), [[d] for d, _ in given],
-                                     [s - kept[d] for d, s in given])
-  paddings = tf.stack([tf.zeros_like(shape), pads], axis=1)
+  cut = [slice(None)] * x.shape.rank
+  for d, s in zip(dims, sizes):
+    if s is not None:
+      cut[d] = slice(0, s)
+  x = x[tuple(cut)]
+  if not pad:
+    return x
+  paddings = [[0, 0]] * x.shape.rank
+  for d, s, k in zip(dims, sizes, kept):
+    if s is not None:
+      paddings[d] = [0, s - k]
   return tf.pad(x, paddings, constant_values=tf.cast(value, x.dtype))
 
 

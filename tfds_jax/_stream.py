@@ -74,11 +74,12 @@ class Stream:
     self.num_records = reader.num_records
     self._reader, self._device = reader, device
     self._spec = {p: jax.ShapeDtypeStruct(shape, dtype) for p, (shape, dtype) in reader.spec.items()}
+    self._truncated: dict = {}  # feature path -> records delivered truncated
     self._reported: set = set()  # features whose truncation was logged
     self._read_ahead = read_ahead
     self._lock = threading.Lock()  # one caller at a time; workers never take it
     self._queue: collections.deque = collections.deque()  # (key, future), oldest first
-    self._last: tuple[_Key, Batch] | None = None
+    self._last: tuple[_Key, Batch, dict] | None = None  # the last batch, and what it truncated
     self._expected: _Key | None = None  # tf.data: the key its iterator is at
     self._iterator = None
     self.thread_name = f"tfds_jax_stream_{id(self):x}"  # names this stream's workers
@@ -113,7 +114,7 @@ class Stream:
   @property
   def truncated(self) -> dict:
     """Feature path -> records cut so far by options with ``truncate=True``."""
-    return dict(self._reader.truncated)
+    return dict(self._truncated)
 
   def element_spec(self) -> dict:
     """Feature name -> ``ShapeDtypeStruct`` of one record, nested as TFDS nests them."""
@@ -168,10 +169,10 @@ class Stream:
       if self._closed:
         raise ValueError(f"Expected an open stream, got a closed one ({self!r}); make a new one"
                          " with tfds_jax.stream.")
-      if self._last is not None and self._last[0] == key:
-        return self._last[1]
-      batch = self._random_access(key) if self.mode == RANDOM_ACCESS else self._tf_data(key)
-      self._last = (key, batch)
+      if self._last is None or self._last[0] != key:
+        self._last = (key, *(self._random_access(key) if self.mode == RANDOM_ACCESS else self._tf_data(key)))
+      _, batch, cut = self._last
+      self._count_truncated(cut)  # counted as delivered (read-ahead is not delivered yet)
       return batch
 
   def _random_access(self, key: _Key) -> Batch:
@@ -200,23 +201,25 @@ class Stream:
     rows = _cpu_record_indices(self.num_records, epoch, index, offsets, seed)
     return rows, self._reader.records(rows)
 
-  def _decode(self, read: concurrent.futures.Future) -> Batch:
-    """Runs on the decoder, in submission order: a read batch, decoded and on the device."""
+  def _decode(self, read: concurrent.futures.Future) -> tuple[Batch, dict]:
+    """Runs on the decoder, in submission order: a read batch, decoded and on the device,
+    and the records of it that were truncated."""
     indices, records = read.result()
-    return self._to_jax(self._reader.finish(indices, self._reader.decode(indices, records)))
+    cut: dict = {}
+    return self._to_jax(self._reader.finish(indices, self._reader.decode(indices, records), cut)), cut
 
   def _to_jax(self, tensors: Mapping) -> Batch:
     """A flat decoded batch (path -> TF tensor) as a nested batch on the device."""
-    self._report_truncated()
     return _features.unflatten({p: _to_jax(_features.name(p), v, self._spec[p].dtype, self._device,
                                            self._reader.label) for p, v in tensors.items()})
 
-  def _report_truncated(self) -> None:
-    for path, count in list(self._reader.truncated.items()):
+  def _count_truncated(self, cut: Mapping) -> None:
+    for path, count in cut.items():
+      self._truncated[path] = self._truncated.get(path, 0) + count
       if path not in self._reported:
         self._reported.add(path)
-        log.warning("truncating %s of %s (truncate=True): %d record(s) so far; stream.truncated"
-                    " counts them", _features.name(path), self._reader.label, count)
+        log.warning("truncating %s of %s (truncate=True): %d record(s) of this batch;"
+                    " stream.truncated counts them", _features.name(path), self._reader.label, count)
 
   def _tf_data(self, key: _Key) -> Batch:
     tf, _ = _tfds.import_tf()
@@ -241,7 +244,8 @@ class Stream:
           " --file-format array_record`.", self._reader.label, epoch, index, index,
           time.perf_counter() - start, self.name)
     self._expected = (*_advance(key, self.num_records), size, seed)
-    return self._to_jax(self._reader.finish(epoch, index, tensors))
+    cut: dict = {}
+    return self._to_jax(self._reader.finish(epoch, index, tensors, cut)), cut
 
   def _drop(self) -> None:
     for _, read, decoded in self._queue:
@@ -313,7 +317,6 @@ class _TFDataReader:
                shuffle_buffer_size, read_ahead, num_threads):
     _, tfds = _tfds.import_tf()
     self.label = label
-    self.truncated: dict = {}
     self.num_records = _tfds._split_size(b, split)  # pylint: disable=protected-access
     if self.num_records is None:
       raise ValueError(f"Expected {label} to list its split sizes in its dataset info, got none;"
@@ -333,15 +336,17 @@ class _TFDataReader:
         b, spec, keys, shapes=shapes, eager=False, asked=asked, label=label, what="a stream",
         user_fns=bool(decoders or preprocess),
         peek=lambda: list(raw.map(decoded).take(8).as_numpy_iterator()))
-    self._records = raw.map(lambda e: _features.apply(plan, decoded(e)),
+    self._records = raw.map(lambda e: _features.apply(plan, decoded(e), pad=False),
                             num_parallel_calls=num_threads, deterministic=True)
+    self._padding = _features.padding(plan)
     self.spec = plan.spec
 
-  def finish(self, epoch: int, index: int, tensors) -> dict:
-    """A batch read at (epoch, index) checked against the plan: path -> tensor."""
+  def finish(self, epoch: int, index: int, tensors, truncated: dict) -> dict:
+    """A batch read at (epoch, index) checked against the plan: path -> tensor; the records
+    it truncated are added to ``truncated``."""
     where = lambda row: (f"the record at position {(index + row) % self.num_records} of epoch"  # noqa: E731
                          f" {epoch + (index + row) // self.num_records} (in shuffled order)")
-    return _features.flatten(_features.check(self.plan, tensors, where, self.truncated))
+    return _features.flatten(_features.check(self.plan, tensors, where, truncated))
 
   def batches(self, epoch: int, index: int, size: int, seed: int | None):
     """tf.data.Dataset of ``size``-record batches from position ``index`` of ``epoch`` on."""
@@ -355,7 +360,7 @@ class _TFDataReader:
       return records.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
 
     ds = tf.data.Dataset.range(epoch, 2**62).flat_map(one_epoch).skip(index)
-    ds = ds.batch(size, drop_remainder=True).prefetch(self._read_ahead)
+    ds = ds.padded_batch(size, *self._padding, drop_remainder=True).prefetch(self._read_ahead)
     options = tf.data.Options()
     options.autotune.enabled = False
     options.deterministic = True

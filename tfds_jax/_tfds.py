@@ -478,9 +478,9 @@ def _read_all(b, split: str, keys: list[str], decoders, n: int | None, plan: _fe
     ds = _dataset(b, split, keys, decoders, batch_size=chunk)
   else:
     ds = _dataset(b, split, keys, decoders).map(
-        lambda record: _features.apply(plan, record), num_parallel_calls=_cores(), deterministic=True)
-    ds = ds.padded_batch(chunk) if plan.longest else ds.batch(chunk)
-    ds = ds.prefetch(2)
+        lambda record: _features.apply(plan, record, pad=False), num_parallel_calls=_cores(),
+        deterministic=True)
+    ds = ds.padded_batch(chunk, *_features.padding(plan)).prefetch(2)
   # Buffers in JAX's dtypes (int64 -> int32 with x64 off) so JAX adopts them
   # without a copy; integers that do not fit are an error, never wrapped.
   stream_in = n is not None and not plan.longest
