@@ -391,7 +391,6 @@ class Unit:
   leaves: tuple  # (path, var_dims, rank) of each leaf it covers; var_dims: the dims it fixes
   sibling: Path  # where the true length / original shape goes
   sizes: tuple  # the fixed size of each var dim (None: the longest record)
-  default: bool  # chosen by tfds_jax (an eager load's longest-record padding), not the user
 
   @property
   def checks_overflow(self) -> bool:
@@ -424,10 +423,6 @@ class Plan:
   def identity(self) -> bool:
     """True if reading changes nothing: every feature is kept, and fixed already."""
     return not self.units and not self.dropped
-
-  @property
-  def private(self) -> bool:
-    return any(u.checks_overflow for u in self.units)
 
   @property
   def longest(self) -> bool:
@@ -497,7 +492,7 @@ def plan(
     if not isinstance(fix, FixedShape):
       raise TypeError(f"Expected shapes[{key!r}] to be made by tfds_jax.pad, resize, crop,"
                       f" encode_text or tokenize, got {fix!r}.")
-    unit = _unit(path, fix, flat, label, eager, default=False)
+    unit = _unit(path, fix, flat, label, eager)
     for leaf in unit.leaves:
       if leaf[0] in covered:
         raise ValueError(f"Expected one shape per feature, got two for {name(leaf[0])} of {label}"
@@ -519,11 +514,11 @@ def plan(
     elif _var_dims(s.shape) is None or _var_dims(s.shape):
       group = next((q for q in sequences if path[:len(q)] == q), None)
       if eager and group is not None:  # a TFDS Sequence of features: one shared length
-        unit = _unit(group, FixedShape("pad", (None,)), flat, label, eager, default=True)
+        unit = _unit(group, FixedShape("pad", (None,)), flat, label, eager)
         units.append(unit)
         covered.update({leaf[0]: group for leaf in unit.leaves})
       elif eager and _var_dims(s.shape) is not None and len(_var_dims(s.shape)) == 1:
-        units.append(_unit(path, FixedShape("pad", (None,)), flat, label, eager, default=True))
+        units.append(_unit(path, FixedShape("pad", (None,)), flat, label, eager))
         covered[path] = path
       else:
         needs.append((path, "shape"))
@@ -581,8 +576,7 @@ def _shape_path(key: Any, flat: Mapping[Path, Any], label: str) -> Path:
   return path
 
 
-def _unit(path: Path, fix: FixedShape, flat: Mapping[Path, Any], label: str, eager: bool,
-          default: bool) -> Unit:
+def _unit(path: Path, fix: FixedShape, flat: Mapping[Path, Any], label: str, eager: bool) -> Unit:
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   where = f"{name(path)} of {label}"
   if not eager and any(s is None for s in fix.sizes) or not eager and not fix.sizes:
@@ -606,7 +600,7 @@ def _unit(path: Path, fix: FixedShape, flat: Mapping[Path, Any], label: str, eag
     if not leaves:
       raise ValueError(f"Expected numeric fields in {where}, got only strings; leave it out.")
     sizes = fix.sizes or (None,)
-    return Unit(path, fix, tuple(leaves), path[:-1] + (path[-1] + "_length",), sizes, default)
+    return Unit(path, fix, tuple(leaves), path[:-1] + (path[-1] + "_length",), sizes)
   s = flat[path]
   if not isinstance(s, tf.TensorSpec):
     raise ValueError(f"Expected a dense feature for {fix!r} at {where}, got a ragged one ({s});"
@@ -616,7 +610,7 @@ def _unit(path: Path, fix: FixedShape, flat: Mapping[Path, Any], label: str, eag
     if not is_string or s.shape.rank != 0:
       raise ValueError(f"Expected a text feature (a scalar string) for {fix!r} at {where}, got"
                        f" {s.dtype.name}{s.shape}; use pad, resize or crop for numeric features.")
-    return Unit(path, fix, ((path, (0,), 1),), sibling, fix.sizes, default)
+    return Unit(path, fix, ((path, (0,), 1),), sibling, fix.sizes)
   if is_string:
     raise ValueError(f"Expected a numeric feature for {fix!r} at {where}, got a string; encode it"
                      " with tfds_jax.encode_text(max_length) or tokenize(fn, max_length).")
@@ -625,8 +619,7 @@ def _unit(path: Path, fix: FixedShape, flat: Mapping[Path, Any], label: str, eag
     if s.shape.rank != 3:
       raise ValueError(f"Expected an image [height, width, channels] for {fix!r} at {where}, got"
                        f" shape {s.shape}; use pad for other features.")
-    return Unit(path, fix, ((path, (0, 1), 3),), path[:-1] + (path[-1] + "_shape",), fix.sizes,
-                default)
+    return Unit(path, fix, ((path, (0, 1), 3),), path[:-1] + (path[-1] + "_shape",), fix.sizes)
   if dims is None:
     raise ValueError(f"Expected a known rank for {where}, got an unknown one; fix its rank in"
                      " preprocess, e.g. x = tf.ensure_shape(x, [None, 3]).")
@@ -638,8 +631,7 @@ def _unit(path: Path, fix: FixedShape, flat: Mapping[Path, Any], label: str, eag
     raise ValueError(f"Expected {len(dims)} size(s) for {where}, one per varying dimension of its"
                      f" shape {tuple(s.shape.as_list())}, got {fix!r}.")
   suffix = "_length" if len(dims) == 1 else "_shape"
-  return Unit(path, fix, ((path, dims, s.shape.rank),), path[:-1] + (path[-1] + suffix,), sizes,
-              default)
+  return Unit(path, fix, ((path, dims, s.shape.rank),), path[:-1] + (path[-1] + suffix,), sizes)
 
 
 def _fixed_spec(unit: Unit, leaf: Path, dims: tuple, s) -> tuple:
@@ -663,7 +655,7 @@ def _needs_message(needs, flat, sequences, eager, top_keys, asked, label, what, 
     if why == "string":
       longest = max((len(v) for v in sizes), default=0) if sizes else None
       parts.append(f"{name(path)} (text, asked for by name: JAX arrays hold numbers only)")
-      options.append(f'{name(path)}: tfds_jax.encode_text({_round_up(longest) if longest else "MAX_LENGTH"})')
+      options.append(f'{name(path)}: tfds_jax.encode_text({longest or "MAX_LENGTH"})')
       continue
     if why in ("ragged", "strings"):
       what_ = "ragged: nested variable lengths" if why == "ragged" else "a sequence of strings"
@@ -681,7 +673,7 @@ def _needs_message(needs, flat, sequences, eager, top_keys, asked, label, what, 
       longest = max(lengths, default=None)
       seen_text = f", lengths seen {lengths[:6]}" if lengths else ""
       parts.append(f"{name(group)} (a Sequence: its fields share one length{seen_text})")
-      options.append(f"{_key(group)}: tfds_jax.pad({_round_up(longest) if longest else 'LENGTH'})")
+      options.append(f"{name(group)}: tfds_jax.pad({longest or 'LENGTH'})")
     else:
       parts.append(f"{name(path)} (shape {shape}{seen_text})")
       dims = _var_dims(s.shape) or ()
@@ -689,11 +681,11 @@ def _needs_message(needs, flat, sequences, eager, top_keys, asked, label, what, 
         h = max((v[0] for v in sizes), default=None) if sizes else None
         w = max((v[1] for v in sizes), default=None) if sizes else None
         hint = f"{h}, {w}" if h else "HEIGHT, WIDTH"
-        options.append(f"{_key(path)}: tfds_jax.resize({hint})")
+        options.append(f"{name(path)}: tfds_jax.resize({hint})")
       elif dims:
         longest = [max((v[d] for v in sizes), default=None) if sizes else None for d in dims]
-        hint = ", ".join(str(_round_up(x)) if x else "SIZE" for x in longest)
-        options.append(f"{_key(path)}: tfds_jax.pad({hint})")
+        hint = ", ".join(str(x) if x else "SIZE" for x in longest)
+        options.append(f"{name(path)}: tfds_jax.pad({hint})")
     if path[0] in top_keys and path[0] not in asked and path[0] not in leave_out:
       leave_out.append(path[0])
   shaped = [why for _, why in needs if why == "shape"]
@@ -709,14 +701,6 @@ def _needs_message(needs, flat, sequences, eager, top_keys, asked, label, what, 
   if leave_out:
     fixes.append(f"or leave them out with exclude_keys={sorted(set(leave_out))}")
   return text + "; " + ", ".join(fixes) + "."
-
-
-def _key(path: Path) -> str:
-  return name(path)
-
-
-def _round_up(n: int | None) -> int | None:
-  return None if n is None else max(1, int(n))
 
 
 def _seen_sizes(peek, paths) -> dict[Path, list]:

@@ -616,7 +616,7 @@ def choose(name: str, split: str, *, eager: bool | None = None, memory_budget: i
     longest = [u for u in plan.units if None in u.sizes]
     if eager:
       return True, f"eager (eager=True): {label} padded to its longest records"
-    options = ", ".join(f"{_features._key(u.path)}: tfds_jax.pad(...)" for u in longest)  # pylint: disable=protected-access
+    options = ", ".join(f"{_features.name(u.path)}: tfds_jax.pad(...)" for u in longest)
     raise ValueError(
         f"Expected a size for every feature of varying shape, so that from_tfds can tell whether"
         f" {label} fits in memory, got {', '.join(_features.name(u.path) for u in longest)} without"
