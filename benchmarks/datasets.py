@@ -5,6 +5,7 @@ made by upscaling scikit-learn's real 8x8 digits with random shifts and noise
 (so they compress and decode like handwriting, not like noise).
 ``bench_cifar``: 50,000 train / 10,000 test records of 32x32x3 uint8 images,
 smooth random colour fields with noise.
+``bench_mnist_small``: 1,024 train / 128 test records made as ``bench_mnist``'s, for smoke runs.
 ``bench_large``: 12,800 train records of raw 224x224x3 uint8 images (1.9 GB,
 ImageNet-sized records), prepared as ArrayRecord only, for streaming memory.
 
@@ -72,6 +73,12 @@ def builders():
         image, label = _mnist_like(i, d.images, d.target)
         yield i, {"image": image, "label": label}
 
+  class BenchMnistSmall(BenchMnist):
+    """The same MNIST-shaped records, 1,024 train / 128 test: smoke runs (device.py --smoke)."""
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(0, 1024), "test": self._generate_examples(1024, 1152)}
+
   class BenchCifar(tfds.core.GeneratorBasedBuilder):
     """CIFAR-shaped: 32x32x3 PNG images, 10 classes."""
 
@@ -117,7 +124,8 @@ def builders():
         image[0, 0] = (i % 256, i // 256 % 256, i // 65536)  # every record distinct
         yield i, {"image": image, "label": i % 10}
 
-  return {"bench_mnist": BenchMnist, "bench_cifar": BenchCifar, "bench_large": BenchLarge}
+  return {"bench_mnist": BenchMnist, "bench_mnist_small": BenchMnistSmall, "bench_cifar": BenchCifar,
+          "bench_large": BenchLarge}
 
 
 def prepare(names=("bench_mnist", "bench_cifar"), file_format: str = "tfrecord") -> Path:
