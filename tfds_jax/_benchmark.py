@@ -51,11 +51,15 @@ class Benchmark(NamedTuple):
              f"{'':18}{'step':>12}{'records/s':>12}{'compile':>10}"]
     lines += [f"{name:18}{_seconds(step):>12}{rate:>12,.0f}{compile_s:>9.2f}s"
               for name, step, rate, compile_s in rows]
-    lines.append(f"input pipeline's share of the step: {self.input_share:.0%}")
+    lines.append(f"input pipeline's share of the step: {_percent(self.input_share)}")
     return "\n".join(lines)
 
   def __repr__(self) -> str:
     return str(self)
+
+
+def _percent(x: float) -> str:
+  return f"{x:.0%}".replace("-0%", "0%")
 
 
 def _seconds(s: float) -> str:
@@ -253,7 +257,7 @@ def plot_benchmarks(results: Benchmark | Mapping[str, Benchmark], ax: Any = None
   ax.barh(names, share, left=[1 - x for x in share], label="added by the input pipeline")
   for i, k in enumerate(names):
     r = results[k]
-    ax.text(1.02, i, f"{r.input_share:.0%} input\n{_seconds(r.step_s)}/step, {r.records_per_s:,.0f} rec/s",
+    ax.text(1.02, i, f"{_percent(r.input_share)} input\n{_seconds(r.step_s)}/step, {r.records_per_s:,.0f} rec/s",
             va="center", fontsize=8)
   ax.set_xlim(0, 1.6)
   ax.set_xticks([0, 0.25, 0.5, 0.75, 1], ["0", "25%", "50%", "75%", "100%"])
