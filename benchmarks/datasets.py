@@ -5,6 +5,7 @@ made by upscaling scikit-learn's real 8x8 digits with random shifts and noise
 (so they compress and decode like handwriting, not like noise).
 ``bench_cifar``: 50,000 train / 10,000 test records of 32x32x3 uint8 images,
 smooth random colour fields with noise.
+``bench_mnist_small``: 1,024 train / 128 test records made as ``bench_mnist``'s, for smoke runs.
 ``bench_large``: 12,800 train records of raw 224x224x3 uint8 images (1.9 GB,
 ImageNet-sized records), prepared as ArrayRecord only, for streaming memory.
 ``bench_varimages``: 6,000 JPEG images of varying size (96 to 320 pixels a
@@ -96,6 +97,12 @@ def builders():
         image, label = _mnist_like(i, d.images, d.target)
         yield i, {"image": image, "label": label}
 
+  class BenchMnistSmall(BenchMnist):
+    """The same MNIST-shaped records, 1,024 train / 128 test: smoke runs (device.py --smoke)."""
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples(0, 1024), "test": self._generate_examples(1024, 1152)}
+
   class BenchCifar(tfds.core.GeneratorBasedBuilder):
     """CIFAR-shaped: 32x32x3 PNG images, 10 classes."""
 
@@ -185,8 +192,8 @@ def builders():
       for i in range(n):
         yield i, _objects(i)
 
-  return {"bench_mnist": BenchMnist, "bench_cifar": BenchCifar, "bench_large": BenchLarge,
-          "bench_varimages": BenchVarimages, "bench_objects": BenchObjects}
+  return {"bench_mnist": BenchMnist, "bench_mnist_small": BenchMnistSmall, "bench_cifar": BenchCifar,
+          "bench_large": BenchLarge, "bench_varimages": BenchVarimages, "bench_objects": BenchObjects}
 
 
 def prepare(names=("bench_mnist", "bench_cifar"), file_format: str = "tfrecord") -> Path:

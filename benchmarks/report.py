@@ -183,8 +183,19 @@ def pipeline_section(pl) -> list[str]:
   return L
 
 
+def device_section(dev) -> list[str]:
+  L = ["## 9. On an accelerator (`benchmarks/device.py`)\n",
+       "Shuffled `next_batch` inside one jitted `lax.fori_loop` against the precomputed-permutation gather, the same inside a jitted train step against batches already on the device (`tfds_jax.testing.benchmark`), a load of the MNIST-shaped split straight to the device, a random-access stream to the device, and the device's memory around the load (the process's first TensorFlow use) checking that TensorFlow takes none of it.\n"]
+  if not dev or dev.get("smoke") or dev.get("platform") == "cpu":
+    L.append("Pending an accelerator: no GPU or TPU was available to measure on. On a machine with one, `python benchmarks/device.py` (at most about 8 minutes once the data is prepared) writes `benchmarks/results/device.json` and this section. Its `--smoke` mode runs in the tests on the CPU.\n")
+    return L
+  L.append((RESULTS / "device.md").read_text() if (RESULTS / "device.md").exists() else "")
+  return L
+
+
 def main() -> None:
-  core, peers, stream, train, pipe = (_load(f"{k}.json") for k in ("core", "peers", "streaming", "training", "pipeline"))
+  core, peers, stream, train, pipe, dev = (_load(f"{k}.json") for k in ("core", "peers", "streaming", "training",
+                                                                         "pipeline", "device"))
   loads = [x for x in (_load("load_bench_mnist.json"), _load("load_bench_cifar.json")) if x]
   machine = (core or peers or {}).get("machine", "unknown machine")
   L = ["# Benchmarks\n",
@@ -202,6 +213,7 @@ def main() -> None:
     L += training_section(train)
   if pipe:
     L += pipeline_section(pipe)
+  L += device_section(dev)
   (ROOT / "BENCHMARKS.md").write_text("\n".join(L))
   print(f"wrote {ROOT / 'BENCHMARKS.md'}")
 

@@ -1,10 +1,5 @@
 """Checkpointing: the state saves as a plain pytree, and restores strictly."""
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,31 +7,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import testing_factories
 from tfds_jax import from_arrays, init, next_batch, state_from_dict, state_to_dict
+from tfds_jax import testing
 
 
 def _source(n, **kw):
   return from_arrays({"x": np.arange(n, dtype=np.int32)}, **kw)
 
 
-@given(n=st.integers(1, 120), seed=st.integers(0, 2**32 - 1), shuffle=st.booleans(),
-       before=st.integers(0, 30), after=st.integers(1, 30), data=st.data())
-def test_save_restore_resumes_exactly(tmp_path_factory, n, seed, shuffle, before, after, data):
-  batch_size = data.draw(st.integers(1, n))
+@given(n=st.integers(1, 120), before=st.integers(0, 30), after=st.integers(1, 30), data=st.data())
+def test_save_restore_resumes_exactly(n, before, after, data):
   source = _source(n)
-  state = init(source, seed=seed, shuffle=shuffle)
-  uninterrupted = []
-  for step in range(before + after):
-    if step == before:
-      path = tmp_path_factory.mktemp("ckpt") / "state.npz"
-      np.savez(path, **state_to_dict(source, state))
-    batch, state = next_batch(source, state, batch_size)
-    uninterrupted.append(np.asarray(batch["x"]))
-  restored = state_from_dict(source, dict(np.load(path)), shuffle=shuffle)
-  for step in range(after):
-    batch, restored = next_batch(source, restored, batch_size)
-    np.testing.assert_array_equal(np.asarray(batch["x"]), uninterrupted[before + step])
-  jax.tree.map(np.testing.assert_array_equal, restored, state)
+  state = data.draw(testing.states(source))  # shuffled or not, from any position
+  testing.assert_resumes(source, state, before + after, data.draw(testing.batch_sizes(source)),
+                         restore_at=before)
 
 
 def test_state_is_a_plain_pytree_that_numpy_saves(tmp_path):
@@ -51,33 +36,10 @@ def test_state_is_a_plain_pytree_that_numpy_saves(tmp_path):
                                 np.asarray(next_batch(source, state, 7)[0]["x"]))
 
 
-def test_resume_in_a_new_process(tmp_path):
-  source = _source(37)
-  state = init(source, seed=99, shuffle=True)
-  for _ in range(5):
-    _, state = next_batch(source, state, 8)
-  np.savez(tmp_path / "state.npz", **state_to_dict(source, state))
-  expected = [np.asarray(b["x"]) for b in _take(source, state, 8, 6)]
-  script = textwrap.dedent(f"""
-      import numpy as np, tfds_jax
-      src = tfds_jax.from_arrays({{"x": np.arange(37, dtype=np.int32)}})
-      state = tfds_jax.state_from_dict(src, dict(np.load({str(tmp_path / 'state.npz')!r})), shuffle=True)
-      out = []
-      for _ in range(6):
-        b, state = tfds_jax.next_batch(src, state, 8)
-        out.append(np.asarray(b["x"]))
-      np.save({str(tmp_path / 'out.npy')!r}, np.stack(out))
-  """)
-  subprocess.run([sys.executable, "-c", script], check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-  np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), np.stack(expected))
-
-
-def _take(source, state, batch_size, steps):
-  out = []
-  for _ in range(steps):
-    batch, state = next_batch(source, state, batch_size)
-    out.append(batch)
-  return out
+def test_resume_in_a_new_process():
+  source, train_step, carry = testing_factories.regression()
+  testing.assert_resumes(source, init(source, seed=99, shuffle=True), 11, 8, train_step=train_step,
+                         carry=carry, restore_at=5, fresh_process="testing_factories:regression")
 
 
 def _saved(n=10, shuffle=True, **kw):

@@ -19,6 +19,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import tfds_jax
+from tfds_jax import testing
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 N = 53
@@ -112,11 +113,8 @@ def toy(toy_dirs):
 def test_sharded_stream_equals_unsharded(toy):
   with tfds_jax.stream("toy_images", "train", data_dir=toy, include_keys=["image", "label"]) as s:
     state = tfds_jax.init(s, seed=2, shuffle=True)
-    for _ in range(3):
-      a, _ = tfds_jax.next_batch(s, state, 12, sharding=SHARDINGS[0])
-      b, state = tfds_jax.next_batch(s, state, 12)
-      _equal(a, b)
-      assert a["image"].sharding.spec == P("data")
+    testing.assert_sharding_invariant(s, state, 3, 12, mesh=MESH, axes="data")
+    assert tfds_jax.next_batch(s, state, 12, sharding=SHARDINGS[0])[0]["image"].sharding.spec == P("data")
 
 
 _WORKER = r"""

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 import tfds_jax
 from tfds_jax import batch_at, from_arrays, init, next_batch
+from tfds_jax import testing
 
 seeds = st.integers(0, 2**32 - 1)
 
@@ -41,18 +42,14 @@ def test_shuffled_order_equals_grain_mapdataset(n, seed, epochs, data):
   np.testing.assert_array_equal(ours, [ds[i] for i in range(steps * batch_size)])
 
 
-@given(n=st.integers(1, 300), seed=seeds, shuffle=st.booleans(), data=st.data())
-def test_every_epoch_visits_each_record_once(n, seed, shuffle, data):
-  batch_size = data.draw(st.integers(1, n))
-  epochs = 3
-  steps = -(-epochs * n // batch_size)
-  xs, state = _scan_batches(_source(n), init(_source(n), seed=seed, shuffle=shuffle), batch_size, steps)
-  flat = np.asarray(xs).reshape(-1)
-  for e in range(epochs):
-    np.testing.assert_array_equal(np.sort(flat[e * n:(e + 1) * n]), np.arange(n))
-  if not shuffle:
-    np.testing.assert_array_equal(flat, np.arange(steps * batch_size) % n)
-  assert divmod(steps * batch_size, n) == (int(state.epoch), int(state.index))
+@given(n=st.integers(1, 300), data=st.data())
+def test_every_epoch_visits_each_record_once(n, data):
+  source = _source(n)
+  state = data.draw(testing.states(source))  # shuffled or not, from any position
+  testing.assert_visits_every_record(source, state, data.draw(testing.batch_sizes(source)), num_epochs=3)
+  if state.seed is None:  # and in order
+    np.testing.assert_array_equal(np.asarray(batch_at(source, int(state.index), n)["x"]),
+                                  (int(state.index) + np.arange(n)) % n)
 
 
 @given(n=st.integers(1, 300), seed=seeds, shuffle=st.booleans(), k=st.integers(0, 40), data=st.data())

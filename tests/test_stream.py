@@ -2,8 +2,6 @@
 
 import logging
 import os
-import subprocess
-import sys
 import threading
 
 import jax
@@ -13,12 +11,13 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import testing_factories
 import tfds_builders
 import tfds_jax
 from tfds_jax import _stream
+from tfds_jax import testing
 
 N = tfds_builders.TRAIN
-TESTS = os.path.dirname(os.path.abspath(__file__))
 
 
 @pytest.fixture(scope="module")
@@ -205,38 +204,12 @@ def test_tf_data_stream_shuffles_each_epoch_reproducibly(dirs, eager, caplog):
     assert not np.array_equal(np.asarray(other[0]["score"]), np.asarray(run[0]["score"]))
 
 
-_RESTART = """
-import sys, numpy as np, tfds_jax
-dirs, path, phase = sys.argv[1:3], sys.argv[3], sys.argv[4]
-for i, data_dir in enumerate(dirs):
-  with tfds_jax.stream("toy_images", "train", data_dir=data_dir, exclude_keys=["id"]) as s:
-    if phase == "first":
-      state = tfds_jax.init(s, seed=11, shuffle=True)
-      for _ in range(5):
-        _, state = tfds_jax.next_batch(s, state, 6)
-      np.savez(f"{path}{i}.npz", **tfds_jax.state_to_dict(s, state))
-    else:
-      state = tfds_jax.state_from_dict(s, dict(np.load(f"{path}{i}.npz")), shuffle=True)
-      out = []
-      for _ in range(9):
-        batch, state = tfds_jax.next_batch(s, state, 6)
-        out.append(np.asarray(batch["score"]))
-      np.save(f"{path}{i}.npy", np.stack(out))
-"""
-
-
-def test_resume_after_a_process_restart(dirs, tmp_path):
-  path = str(tmp_path / "state")
-  env = {**os.environ, "PYTHONPATH": TESTS, "JAX_PLATFORMS": "cpu"}
-  modes = ["array_record", "tfrecord"]
-  for phase in ("first", "second"):
-    subprocess.run([sys.executable, "-c", _RESTART, *(str(dirs[m]) for m in modes), path, phase],
-                   env=env, check=True, capture_output=True)
-  for i, mode in enumerate(modes):
-    with tfds_jax.stream("toy_images", "train", data_dir=dirs[mode], exclude_keys=["id"]) as s:
-      uninterrupted, _ = _run(s, tfds_jax.init(s, seed=11, shuffle=True), 6, 14)
-    np.testing.assert_array_equal(np.load(f"{path}{i}.npy"),
-                                  np.stack([np.asarray(b["score"]) for b in uninterrupted[5:]]), err_msg=mode)
+@pytest.mark.parametrize("mode", ["array_record", "tfrecord"])
+def test_resume_after_a_process_restart(dirs, monkeypatch, mode):
+  monkeypatch.setenv(testing_factories.TOY_DIR, str(dirs[mode]))  # the fresh process opens this stream
+  with tfds_jax.stream("toy_images", "train", data_dir=dirs[mode], exclude_keys=["id"]) as s:
+    testing.assert_resumes(s, tfds_jax.init(s, seed=11, shuffle=True), 14, 6, restore_at=5,
+                           fresh_process="testing_factories:toy_stream")
 
 
 def _open_files():
