@@ -32,6 +32,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from tfds_jax import _features
 from tfds_jax._checkpoint import state_from_dict, state_to_dict
 from tfds_jax._drivers import run_steps
 from tfds_jax._pipeline import Pipeline
@@ -60,7 +61,7 @@ def _num_records(source: Any) -> int:
   if isinstance(source, (Source, Pipeline, Stream)):
     return source.num_records
   if isinstance(source, dict) and source:
-    return next(iter(source.values())).shape[0]
+    return jax.tree.leaves(source)[0].shape[0]
   raise TypeError(f"Expected a Source, Pipeline or Stream, got {type(source).__name__}; make one"
                   " with tfds_jax.from_arrays, pipeline, load or stream.")
 
@@ -234,13 +235,15 @@ def _array_difference(a: Any, b: Any, rtol: float, atol: float) -> tuple[str, tu
 
 def _tree_difference(a: Any, b: Any, rtol: float, atol: float, what: str) -> str | None:
   """The first leaf where two pytrees differ, described, or None."""
-  if isinstance(a, dict) and isinstance(b, dict):
+  if isinstance(a, dict) and isinstance(b, dict):  # a batch: name features as options take them
+    a, b = _features.flatten(a), _features.flatten(b)
     if a.keys() != b.keys():
-      return f"the {what} features differ: {sorted(a)} vs {sorted(b)}"
+      return (f"the {what} features differ: {sorted(map(_features.name, a))} vs"
+              f" {sorted(map(_features.name, b))}")
     for key in a:  # in feature order
       d = _array_difference(a[key], b[key], rtol, atol)
       if d:
-        return f"{what} feature {key!r} {d[0]}"
+        return f"{what} feature {_features.name(key)} {d[0]}"
     return None
   pa, ta = jax.tree_util.tree_flatten_with_path(a)
   pb, tb = jax.tree_util.tree_flatten_with_path(b)
@@ -623,20 +626,21 @@ def assert_batch_size_invariant(
     sized = _with_batch_size(source, b)
     size = _size(sized, b)
     trace = _run(_stepper(sized, size, None), sized, state, math.ceil(positions / size), None, False)
-    records.append({k: np.concatenate([batch[k] for batch in trace.batches])[:positions]
-                    for k in trace.batches[0]})
+    flat = [_features.flatten(batch) for batch in trace.batches]
+    records.append({k: np.concatenate([batch[k] for batch in flat])[:positions] for k in flat[0]})
   start = int(state.epoch) * n + int(state.index)
   for b, got in zip(sizes[1:], records[1:]):
     if got.keys() != records[0].keys():
-      raise AssertionError(f"Expected the same features whatever the batch size, got {sorted(got)}"
-                           f" at batch size {b} and {sorted(records[0])} at {sizes[0]}.")
+      raise AssertionError(f"Expected the same features whatever the batch size, got"
+                           f" {sorted(map(_features.name, got))} at batch size {b} and"
+                           f" {sorted(map(_features.name, records[0]))} at {sizes[0]}.")
     for key in records[0]:
       d = _array_difference(records[0][key], got[key], rtol, atol)
       if d:
         p = start + (d[1][0] if d[1] else 0)
         raise AssertionError(
             f"Expected every record to be the same whatever the batch size, got a difference in"
-            f" feature {key!r} at position {p} (epoch {p // n}, index {p % n}) between batch size"
+            f" feature {_features.name(key)} at position {p} (epoch {p // n}, index {p % n}) between batch size"
             f" {sizes[0]} (step {(p - start) // sizes[0]}) and {b} (step {(p - start) // b}):"
             f" {d[0]}; reproduce from {_describe_state(state)} with each batch size. Key each"
             " record by its own key (a stage gets one per record) and never compute across the"
@@ -743,7 +747,7 @@ def assert_visits_every_record(
     _check_visits(inner, state._replace(seed=order), size, num_epochs, _digests, _digests(records))
     if not isinstance(source, Pipeline):
       return
-    source = dataclasses.replace(source, source=Source(data={k: jnp.asarray(v) for k, v in records.items()}))
+    source = dataclasses.replace(source, source=Source(data=jax.tree.map(jnp.asarray, records)))
   _check_visits(_tagged(source, n), state, size, num_epochs, _tag, np.arange(n))
 
 
@@ -754,10 +758,10 @@ def _tagged(source: Any, n: int) -> Any:
     data = source.source.data
     if TAG in data:
       raise ValueError(f"Expected a source without a feature named {TAG!r}, got one; rename it.")
-    ids = jax.device_put(jnp.arange(n, dtype=jnp.int32), next(iter(data.values())).sharding)
+    ids = jax.device_put(jnp.arange(n, dtype=jnp.int32), jax.tree.leaves(data)[0].sharding)
     return dataclasses.replace(source, source=dataclasses.replace(source.source, data={**data, TAG: ids}))
   data = source.data if isinstance(source, Source) else source
-  return Source(data={TAG: jax.device_put(jnp.arange(n, dtype=jnp.int32), next(iter(data.values())).sharding)})
+  return Source(data={TAG: jax.device_put(jnp.arange(n, dtype=jnp.int32), jax.tree.leaves(data)[0].sharding)})
 
 
 def _tag(batch: dict) -> np.ndarray:
@@ -775,13 +779,14 @@ def _read_all(stream: Stream, batch_size: int) -> dict[str, np.ndarray]:
   for _ in range(math.ceil(n / batch_size)):
     batch, state = next_batch(stream, state, batch_size)
     parts.append(_host(batch))
-  return {k: np.concatenate([p[k] for p in parts])[:n] for k in parts[0]}
+  return jax.tree.map(lambda *xs: np.concatenate(xs)[:n], *parts)
 
 
 def _digests(batch: dict) -> np.ndarray:
   """One bytes string per record of a batch: all its features' bytes."""
-  rows = [np.ascontiguousarray(np.asarray(batch[k])).reshape(len(batch[k]), -1).view(np.uint8)
-          for k in sorted(batch)]
+  flat = _features.flatten(batch)
+  rows = [np.ascontiguousarray(np.asarray(flat[k])).reshape(len(flat[k]), -1).view(np.uint8)
+          for k in sorted(flat)]
   return np.array([b"".join(r[i].tobytes() for r in rows) for i in range(len(rows[0]))], dtype=object)
 
 
@@ -852,7 +857,8 @@ def _in_fresh_process(factory: str, source: Any, state: SourceState, carry: Any,
                          f" {name}() returns (source, train_step, carry).")
     meta = json.loads((tmp / "out.json").read_text())
     with np.load(tmp / "out.npz") as f:
-      batches = [{k: f[f"b{s}_{i}"] for i, k in enumerate(meta["features"])} for s in range(num_steps)]
+      batches = [_features.unflatten({tuple(k): f[f"b{s}_{i}"] for i, k in enumerate(meta["features"])})
+                 for s in range(num_steps)]
       carries = None
       if meta["carry_leaves"] is not None:
         leaves = [[f[f"c{s}_{i}"] for i in range(meta["carry_leaves"])] for s in range(num_steps)]
@@ -876,8 +882,9 @@ def _child(tmp: str) -> None:
   record = train_step is not None
   trace = _run(_stepper(source, meta["batch_size"], train_step), source, state, meta["num_steps"],
                carry, record)
-  features = list(trace.batches[0])
-  arrays = {f"b{s}_{i}": batch[k] for s, batch in enumerate(trace.batches) for i, k in enumerate(features)}
+  flat = [_features.flatten(batch) for batch in trace.batches]
+  features = [list(k) for k in flat[0]]
+  arrays = {f"b{s}_{i}": batch[tuple(k)] for s, batch in enumerate(flat) for i, k in enumerate(features)}
   if record:
     arrays.update({f"c{s}_{i}": x for s, c in enumerate(trace.carries) for i, x in enumerate(jax.tree.leaves(c))})
   np.savez(tmp / "out.npz", **arrays)

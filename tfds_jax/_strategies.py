@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tfds_jax import _features
 from tfds_jax._pipeline import Pipeline
 from tfds_jax._source import Source, SourceState, element_spec, from_arrays, init
 
@@ -37,7 +38,7 @@ def _num_records(source: Any) -> int:
   if hasattr(source, "num_records"):
     return source.num_records
   if isinstance(source, Mapping) and source:
-    return next(iter(source.values())).shape[0]
+    return jax.tree.leaves(source)[0].shape[0]
   raise TypeError(f"Expected a Source, Pipeline, Stream or a number of records, got"
                   f" {type(source).__name__}.")
 
@@ -93,7 +94,7 @@ def sources(
   fixed = None
   if element_spec is not None:
     spec = element_spec if isinstance(element_spec, Mapping) else _spec_of(element_spec)
-    fixed = {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in spec.items()}
+    fixed = {k: (tuple(v.shape), np.dtype(v.dtype)) for k, v in _features.flatten(spec).items()}
   names = st.lists(st.sampled_from(_NAMES), min_size=1, max_size=max(1, max_features), unique=True)
   shapes = st.lists(st.integers(1, max_side), max_size=max_rank).map(tuple)
   kinds = st.sampled_from([np.dtype(d) for d in dtypes])
@@ -101,9 +102,10 @@ def sources(
   @st.composite
   def draw_source(draw):
     n = draw(st.integers(min_records, max_records))
-    spec = fixed or {name: (draw(shapes), draw(kinds)) for name in draw(names)}
+    spec = fixed or {(name,): (draw(shapes), draw(kinds)) for name in draw(names)}
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    return from_arrays({k: _values(rng, (n, *shape), dtype) for k, (shape, dtype) in spec.items()})
+    return from_arrays(_features.unflatten(
+        {k: _values(rng, (n, *shape), dtype) for k, (shape, dtype) in spec.items()}))
 
   return draw_source()
 
