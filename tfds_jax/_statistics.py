@@ -41,6 +41,8 @@ class _Moments(NamedTuple):
   m2: dict[str, jax.Array]  # sum of squared deviations from the mean
   min: dict[str, jax.Array]
   max: dict[str, jax.Array]
+  nan: dict[str, jax.Array]  # int32[]: NaN values seen
+  inf: dict[str, jax.Array]  # int32[]: infinite values seen
 
 
 def compute_statistics(
@@ -66,6 +68,10 @@ def compute_statistics(
 
   Raises:
     KeyError: for a feature the source does not have.
+    ValueError: a feature holds NaN or infinite values (they would make its
+      statistics, and every batch normalized with them, NaN): the message
+      names each such feature with its counts; clean the data, or leave the
+      feature out with ``features=``. Also for ``chunk_size < 1``.
 
   Example:
     >>> import numpy as np, tfds_jax
@@ -74,6 +80,10 @@ def compute_statistics(
     >>> stats.mean["x"].tolist(), stats.std["x"].tolist()
     ([1.0, 20.0], [1.0, 10.0])
   """
+  if (isinstance(chunk_size, (bool, np.bool_)) or not isinstance(chunk_size, (int, np.integer))
+      or chunk_size < 1):
+    raise ValueError(f"Expected chunk_size to be a positive int, got {chunk_size!r}; pass the"
+                     " records per step of the pass (default 4096).")
   if isinstance(source, Pipeline):
     source = source.source
   spec = _source.element_spec(source)
@@ -93,7 +103,20 @@ def compute_statistics(
   else:
     data = source.data if isinstance(source, _source.Source) else source
     total = _pass({k: data[k] for k in names}, chunk, per_channel)
+  counts = jax.device_get((total.nan, total.inf))
+  bad = {k: (int(counts[0][k]), int(counts[1][k])) for k in names if counts[0][k] or counts[1][k]}
+  if bad:
+    raise ValueError(
+        f"Expected finite values in {sorted(bad)} of {_source._label(source)}, got "  # pylint: disable=protected-access
+        + ", ".join(f"{k!r}: {nan} NaN and {inf} infinite of {n * _values(spec[k])}"
+                    for k, (nan, inf) in sorted(bad.items()))
+        + "; clean those records (or replace the values), or leave the feature out with"
+        " features=[...].")
   return _finish(total, n)
+
+
+def _values(spec: jax.ShapeDtypeStruct) -> int:
+  return int(np.prod(spec.shape, dtype=np.int64))
 
 
 def _pick(batch: Batch, names: list[str]) -> Batch:
@@ -131,17 +154,20 @@ def _moments(batch: Batch, per_channel: bool) -> _Moments:
   """Moments of one chunk. ``m2`` is in per-record units (the sum of squared
   deviations divided by the values per record and channel), so chunks merge
   exactly by record counts."""
-  mean, m2, lo, hi = {}, {}, {}, {}
+  mean, m2, lo, hi, nan, inf = {}, {}, {}, {}, {}, {}
   for k, v in batch.items():
     axes = _axes(v, per_channel)
     x = v.astype(jnp.float32)
+    floating = jnp.issubdtype(v.dtype, jnp.inexact)  # integers are always finite
+    nan[k] = jnp.sum(jnp.isnan(x), dtype=jnp.int32) if floating else jnp.int32(0)
+    inf[k] = jnp.sum(jnp.isinf(x), dtype=jnp.int32) if floating else jnp.int32(0)
     centre = jnp.mean(x, axis=axes, keepdims=True)
     values_per_record = int(np.prod([v.shape[a] for a in axes[1:]], dtype=np.int64))
     mean[k] = jnp.squeeze(centre, axis=axes)
     m2[k] = jnp.sum(jnp.square(x - centre), axis=axes) / values_per_record
     lo[k], hi[k] = jnp.min(x, axis=axes), jnp.max(x, axis=axes)
   count = next(iter(batch.values())).shape[0]
-  return _Moments(jnp.float32(count), mean, m2, lo, hi)
+  return _Moments(jnp.float32(count), mean, m2, lo, hi, nan, inf)
 
 
 def _merge(a: _Moments, b: _Moments) -> _Moments:
@@ -154,7 +180,9 @@ def _merge(a: _Moments, b: _Moments) -> _Moments:
     m2[k] = a.m2[k] + b.m2[k] + jnp.square(delta) * (a.n * b.n / n)
   lo = {k: jnp.minimum(a.min[k], b.min[k]) for k in a.min}
   hi = {k: jnp.maximum(a.max[k], b.max[k]) for k in a.max}
-  return _Moments(n, mean, m2, lo, hi)
+  nan = {k: a.nan[k] + b.nan[k] for k in a.nan}
+  inf = {k: a.inf[k] + b.inf[k] for k in a.inf}
+  return _Moments(n, mean, m2, lo, hi, nan, inf)
 
 
 def _finish(total: _Moments, n: int) -> Statistics:
