@@ -17,8 +17,15 @@ Two readers sit behind it:
   buffer. Resuming mid-epoch re-reads the epoch up to the saved position.
 
 A stream owns threads and open files: use it as a context manager or call
-:meth:`Stream.close`. It reads files, so it runs outside ``jit``: call
-``next_batch`` in Python and pass the batch into the jitted step.
+:meth:`Stream.close`; a stream that is dropped unclosed is shut down when it is
+collected, on whatever thread that happens (never joining itself). It reads
+files, so it runs outside ``jit``: call ``next_batch`` in Python and pass the
+batch into the jitted step.
+
+A record that fails to read or decode is a :class:`RecordError` naming the
+record (its file and index in the file) for the batch that holds it; nothing
+is skipped, and the stream stays usable: the error's ``next_state`` is the
+state after that batch.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from tfds_jax import _array_record
 from tfds_jax import _sharding
 from tfds_jax import _source
 from tfds_jax import _tfds
+from tfds_jax._array_record import RecordError
 from tfds_jax._source import Source, SourceState
 from tfds_jax._types import Batch
 
@@ -85,7 +93,10 @@ class Stream:
     pool = lambda n: concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix=self.thread_name)  # noqa: E731
     self._reads, self._decodes = (pool(num_threads), pool(1)) if mode == RANDOM_ACCESS else (None, None)
     self._closed = False
-    self._finalizer = weakref.finalize(self, _shutdown, (self._reads, self._decodes), reader)
+    # Workers hold the reader, never the stream, so dropping the stream collects it;
+    # the finalizer may then run on any thread, a worker's included (see _shutdown).
+    self._finalizer = weakref.finalize(self, _shutdown, (self._reads, self._decodes), reader,
+                                       self.thread_name)
 
   def __repr__(self) -> str:
     spec = {k: f"{v.dtype}{list(v.shape)}" for k, v in self._spec.items()}
@@ -99,7 +110,11 @@ class Stream:
     self.close()
 
   def close(self) -> None:
-    """Stops the workers and closes the files; the stream cannot be read after."""
+    """Stops the workers and closes the files; the stream cannot be read after.
+
+    Never raises (a file that fails to close, a damaged one, is logged), and
+    may be called from any thread, any number of times.
+    """
     with self._lock:
       self._closed = True
       self._drop()
@@ -112,13 +127,29 @@ class Stream:
 
   def next_batch(self, state: SourceState, batch_size: int, *,
                  sharding=None) -> tuple[Batch, SourceState]:
-    """See :func:`tfds_jax.next_batch`."""
+    """See :func:`tfds_jax.next_batch`.
+
+    Raises:
+      RecordError: records of the batch failed to read or decode; its
+        ``next_state`` is the state after this batch, to go on from.
+    """
     _source._check_batch_size(self.num_records, batch_size)  # pylint: disable=protected-access
-    key = (*_concrete_position(state, self.num_records), batch_size, _concrete_seed(state.seed))
-    batch = self._sharded(key, sharding)
+    key = (*_concrete_position(state, self.num_records, self._label()), batch_size,
+           _concrete_seed(state.seed))
     epoch, index = _advance(key, self.num_records)
-    return batch, SourceState(epoch=jnp.asarray(epoch, jnp.int32),
-                              index=jnp.asarray(index, jnp.int32), seed=state.seed)
+    after = SourceState(epoch=jnp.asarray(epoch, jnp.int32), index=jnp.asarray(index, jnp.int32),
+                        seed=state.seed)
+    try:
+      batch = self._sharded(key, sharding)
+    except RecordError as e:
+      e.next_state = after
+      e.args = (f"{e} The stream stays usable: the error's next_state (epoch {epoch}, index"
+                f" {index}) is the state after this batch.",)
+      raise
+    return batch, after
+
+  def _label(self) -> str:
+    return f"{self.name}[{self.split}]"
 
   def batch_at(self, start: int, size: int, seed, *, sharding=None) -> Batch:
     """See :func:`tfds_jax.batch_at`; random-access streams only."""
@@ -129,9 +160,7 @@ class Stream:
           f" `tfds-jax prepare {self.name} --file-format array_record`, or use next_batch.")
     if isinstance(start, jax.core.Tracer) or isinstance(seed, jax.core.Tracer):
       raise TypeError(_TRACED)
-    start = int(start)
-    if start < 0:
-      raise ValueError(f"Expected start >= 0, got {start}; positions count from 0.")
+    start = _source.check_start(start)
     _source._check_batch_size(self.num_records, size, "size")  # pylint: disable=protected-access
     epoch, index = divmod(start, self.num_records)
     seed = None if seed is None else int(_source.as_seed(seed))
@@ -181,21 +210,8 @@ class Stream:
       raise
 
   def _submit(self, key: _Key) -> tuple[_Key, concurrent.futures.Future, concurrent.futures.Future]:
-    read = self._reads.submit(self._read, key)
-    return key, read, self._decodes.submit(self._decode, read)
-
-  def _read(self, key: _Key) -> tuple[np.ndarray, list[bytes]]:
-    """Runs on a reader: the indices and serialized records of the batch at ``key``."""
-    epoch, index, size, seed = key[:4]
-    offsets = key[4] if len(key) > 4 else range(size)  # this process's rows, or all
-    rows = _cpu_record_indices(self.num_records, epoch, index, offsets, seed)
-    return rows, self._reader.records(rows)
-
-  def _decode(self, read: concurrent.futures.Future) -> Batch:
-    """Runs on the decoder, in submission order: a read batch, decoded and on the device."""
-    tensors = self._reader.decode(*read.result())
-    return {k: _to_jax(k, v, self._spec[k].dtype, self._device, self._reader.label)
-            for k, v in tensors.items()}
+    read = self._reads.submit(_read, self._reader, self.num_records, key)
+    return key, read, self._decodes.submit(_decode, self._reader, read, self._spec, self._device)
 
   def _tf_data(self, key: _Key) -> Batch:
     tf, _ = _tfds.import_tf()
@@ -206,20 +222,21 @@ class Stream:
       start = time.perf_counter()
       self._iterator = iter(self._reader.batches(epoch, index, size, seed))
     try:
-      tensors = next(self._iterator)
-    except tf.errors.OpError as e:
+      tensors, ok, ids, serialized = next(self._iterator)
+    except tf.errors.OpError as e:  # the files themselves: nothing after this can be trusted
       self._expected = self._iterator = None
-      raise RuntimeError(
-          f"Expected to read the batch at epoch {epoch}, position {index} of {self._reader.label},"
-          f" got {type(e).__name__}: {_tfds.tf_error_text(e)}; check the decoders"
-          " or preprocess function, or prepare the dataset again if its files are damaged.") from e
+      b, split = self._reader._read_args[:2]  # pylint: disable=protected-access
+      raise _array_record.damaged(b, split, self._reader.label, e,
+                                  f"reading the batch at epoch {epoch}, position {index}") from e
     if resumed and index:
       log.warning(
           "tfds_jax: resumed the tf.data stream of %s at epoch %d, position %d by re-reading %d"
           " records (%.2fs); ArrayRecord files resume instantly: `tfds-jax prepare %s"
           " --file-format array_record`.", self._reader.label, epoch, index, index,
           time.perf_counter() - start, self.name)
-    self._expected = (*_advance(key, self.num_records), size, seed)
+    self._expected = (*_advance(key, self.num_records), size, seed)  # even past a failed batch
+    if not bool(ok):
+      raise self._reader.blame(ids.numpy().tolist(), serialized.numpy().tolist())
     return {k: _to_jax(k, v, self._spec[k].dtype, self._device, self._reader.label)
             for k, v in tensors.items()}
 
@@ -232,11 +249,40 @@ class Stream:
     self._expected = None
 
 
-def _shutdown(pools, reader) -> None:
-  for pool in pools:  # readers first: a decode waiting on a cancelled read ends at once
-    if pool is not None:
-      pool.shutdown(wait=True, cancel_futures=True)
-  reader.close()
+def _read(reader, n: int, key: _Key) -> tuple[np.ndarray, list[bytes]]:
+  """Runs on a reader thread: the indices and serialized records of the batch at ``key``."""
+  epoch, index, size, seed = key[:4]
+  offsets = key[4] if len(key) > 4 else range(size)  # this process's rows, or all
+  rows = _cpu_record_indices(n, epoch, index, offsets, seed)
+  return rows, reader.records(rows)
+
+
+def _decode(reader, read: concurrent.futures.Future, spec, device) -> Batch:
+  """Runs on the decoder thread, in submission order: a read batch, decoded and on the device."""
+  tensors = reader.decode(*read.result())
+  return {k: _to_jax(k, v, spec[k].dtype, device, reader.label) for k, v in tensors.items()}
+
+
+def _shutdown(pools, reader, thread_name: str) -> None:
+  """Stops the workers, then closes the files; never raises.
+
+  It runs from ``close`` or from the finalizer of a collected stream, which
+  runs wherever the stream was collected: possibly on one of its own workers
+  (the garbage collector runs on whichever thread triggers it). A worker
+  cannot join itself, so there the work is handed to a new thread.
+  """
+  if threading.current_thread().name.startswith(thread_name):
+    threading.Thread(target=_shutdown, args=(pools, reader, thread_name),
+                     name="tfds_jax_stream_shutdown").start()
+    return
+  try:
+    for pool in pools:  # readers first: a decode waiting on a cancelled read ends at once
+      if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
+    reader.close()
+  except Exception as e:  # pylint: disable=broad-except  # closing must not fail the caller
+    log.warning("shutting down the stream %s failed (%s: %s)", getattr(reader, "label", ""),
+                type(e).__name__, e)
 
 
 _TRACED = ("Expected a concrete state or position, got a traced one; a stream reads files,"
@@ -244,14 +290,11 @@ _TRACED = ("Expected a concrete state or position, got a traced one; a stream re
            " step (or load the dataset eagerly to read inside jit).")
 
 
-def _concrete_position(state: SourceState, n: int) -> tuple[int, int]:
-  if any(isinstance(x, jax.core.Tracer) for x in (state.epoch, state.index, state.seed)):
+def _concrete_position(state: SourceState, n: int, label: str) -> tuple[int, int]:
+  if isinstance(state, SourceState) and any(isinstance(x, jax.core.Tracer) for x in state):
     raise TypeError(_TRACED)
-  epoch, index = int(state.epoch), int(state.index)
-  if not 0 <= index < n or epoch < 0:
-    raise ValueError(f"Expected a state with epoch >= 0 and 0 <= index < {n}, got epoch {epoch},"
-                     f" index {index}; it belongs to another dataset: make it with init.")
-  return epoch, index
+  _source.check_state(state, n, label)  # types and ranges
+  return int(state.epoch), int(state.index)
 
 
 def _concrete_seed(seed) -> int | None:
@@ -322,11 +365,25 @@ class _TFDataReader:
                              lambda: list(self._records.take(8).as_numpy_iterator()), _STREAM_FIX)
     self.spec = {k: (tuple(s.shape.as_list()), np.dtype(jax.dtypes.canonicalize_dtype(s.dtype.as_numpy_dtype)))
                  for k, s in spec.items()}
+    self._read_args = (b, split, keys, decoders, preprocess, num_threads)  # for batches()
+    self._decoders = None
 
   def batches(self, epoch: int, index: int, size: int, seed: int | None):
-    """tf.data.Dataset of ``size``-record batches from position ``index`` of ``epoch`` on."""
+    """tf.data.Dataset of ``size``-record batches from position ``index`` of ``epoch`` on.
+
+    Records are read, shuffled and batched serialized, with their TFDS ids
+    (file and index), and decoded a batch at a time. A batch that fails to
+    decode becomes a value instead of an error, so the iterator stays where it
+    was: the next batch is the one after it, and nothing is skipped.
+
+    Returns:
+      A dataset of ``(records, ok, ids, serialized)``: the decoded batch
+      (zeros if it failed), whether it decoded, the records' TFDS ids, and
+      their serialized bytes when it failed (empty strings otherwise).
+    """
     tf, _ = _tfds.import_tf()
-    records, buffer = self._records, self._shuffle_buffer
+    decode_batch, zeros = self._decoder()
+    records, buffer = self._serialized(), self._shuffle_buffer
 
     def one_epoch(e):
       if seed is None:
@@ -334,15 +391,69 @@ class _TFDataReader:
       epoch_seed = tf.math.floormod(tf.constant(seed, tf.int64) + e, 2**32)
       return records.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
 
+    def attempt(ids, serialized):
+      decoded = tf.data.Dataset.from_tensors(serialized).map(
+          lambda x: (decode_batch(x), True, tf.fill([size], ""))).ignore_errors()
+      failed = tf.data.Dataset.from_tensors((zeros(size), False, serialized))
+      return decoded.concatenate(failed).take(1).map(lambda r, ok, x: (r, ok, ids, x))
+
     ds = tf.data.Dataset.range(epoch, 2**62).flat_map(one_epoch).skip(index)
-    ds = ds.batch(size, drop_remainder=True).prefetch(self._read_ahead)
+    ds = ds.batch(size, drop_remainder=True)
+    threads = self._read_args[-1]
+    ds = ds.interleave(attempt, cycle_length=threads, block_length=1, num_parallel_calls=threads,
+                       deterministic=True).prefetch(self._read_ahead)
     options = tf.data.Options()
     options.autotune.enabled = False
     options.deterministic = True
     return ds.with_options(options)
 
+  def _serialized(self):
+    """The split's serialized records with their TFDS ids, in TFDS's file order."""
+    _, tfds = _tfds.import_tf()
+    from tensorflow_datasets.core import reader  # pylint: disable=import-outside-toplevel
+    b, split = self._read_args[:2]
+    read_config = tfds.ReadConfig(try_autocache=False, add_tfds_id=True,
+                                  num_parallel_calls_for_interleave_files=1)
+    from tensorflow.python.util import deprecation  # pylint: disable=import-outside-toplevel
+    with deprecation.silence():  # TFDS's ids use tf.data.experimental.Counter: keep quiet
+      ds = reader._read_files(  # pylint: disable=protected-access  # as as_dataset reads them
+          file_instructions=b.info.splits[split].file_instructions, read_config=read_config,
+          shuffle_files=False, disable_shuffling=b.info.disable_shuffling,
+          file_format=b.info.file_format or tfds.core.file_adapters.FileFormat.TFRECORD)
+    return ds.map(lambda e: (e.id, e.example))
+
+  def _decoder(self):
+    """``(decode_batch, zeros)``: the batch decoder and a batch of zeros of its output."""
+    if self._decoders is None:
+      tf, _ = _tfds.import_tf()
+      b, _, keys, decoders, preprocess, _ = self._read_args
+      decode, spec = _array_record.record_decoder(b, keys, decoders=decoders, preprocess=preprocess)
+      out = {k: spec[k] for k in self.spec}
+
+      @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+      def one(serialized):
+        return {k: v for k, v in decode(serialized).items() if k in out}
+
+      def decode_batch(serialized):
+        return tf.map_fn(one, serialized, fn_output_signature=out,
+                         parallel_iterations=_array_record._PARALLEL_RECORDS)  # pylint: disable=protected-access
+
+      def zeros(size):
+        return {k: tf.zeros([size, *v.shape], v.dtype) for k, v in out.items()}
+
+      self._one, self._decoders = one, (decode_batch, zeros)
+    return self._decoders
+
+  def blame(self, ids: list[bytes], serialized: list[bytes]) -> RecordError:
+    """The error for a batch that failed to decode, naming each failing record."""
+    names = []
+    for tfds_id in ids:
+      file, _, index = tfds_id.decode().rpartition("__")
+      names.append((f"record {index} of {file}", (file, int(index))))
+    return _array_record.blame(self._one, names, serialized, self.label, None)
+
   def close(self) -> None:
-    self._records = None
+    self._records = self._decoders = None
 
 
 def stream(
@@ -412,8 +523,13 @@ def stream(
     ValueError: as :func:`load` for bad names, splits and keys; a string
       feature asked for by name; a variable-shape feature left variable by
       ``preprocess``; ``mode="random_access"`` on TFRecord files; bad
-      ``read_ahead`` or ``num_threads``.
+      ``read_ahead``, ``num_threads`` or ``beam_num_workers``.
+    TypeError: as :func:`load` for a name or split that is not a string, or
+      a ``device`` that is not a device or sharding.
     FileNotFoundError: nothing prepared while ``local_files_only``.
+
+  A record that fails to read or decode later makes ``next_batch`` raise a
+  :class:`RecordError` naming it (file and index); the stream stays usable.
 
   Example:
     >>> import tfds_jax
@@ -423,6 +539,7 @@ def stream(
     >>> batch["image"].shape  # doctest: +SKIP
     (32, 8, 8, 1)
   """
+  _tfds.check_request(name, split, device=device, beam_num_workers=beam_num_workers)
   if include_keys is not None and exclude_keys is not None:
     raise ValueError(
         f"Expected at most one of include_keys and exclude_keys, got both"
@@ -534,6 +651,8 @@ def from_tfds(
     >>> type(src).__name__  # doctest: +SKIP
     'Source'
   """
+  _tfds.check_request(name, split, device=kwargs.get("device"),
+                      beam_num_workers=kwargs.get("beam_num_workers"))
   use_eager, reason = choose(name, split, eager=eager, memory_budget=memory_budget, **kwargs)
   log.info("tfds_jax: from_tfds(%r, %r): %s", name, split, reason)
   if use_eager:
