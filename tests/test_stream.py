@@ -179,6 +179,15 @@ def test_tf_data_stream_unshuffled_equals_eager(dirs, eager):
     _equal(a, b)
 
 
+def test_tf_data_stream_reads_files_in_tfds_order(dirs):
+  # Two files (a slice of each split): the files interleave exactly as as_dataset reads them.
+  split = "train[5:30]+test[2:9]"
+  loaded = tfds_jax.load("toy_images", split, data_dir=dirs["tfrecord"], exclude_keys=["id"], cache=False)
+  with tfds_jax.stream("toy_images", split, data_dir=dirs["tfrecord"], exclude_keys=["id"]) as s:
+    streamed, _ = _run(s, tfds_jax.init(s), 32, 1)
+  np.testing.assert_array_equal(np.asarray(streamed[0]["score"]), np.asarray(loaded.data["score"]))
+
+
 def test_tf_data_stream_shuffles_each_epoch_reproducibly(dirs, eager, caplog):
   kwargs = dict(data_dir=dirs["tfrecord"], exclude_keys=["id"], shuffle_buffer_size=16)
   with tfds_jax.stream("toy_images", "train", **kwargs) as s, tfds_jax.stream("toy_images", "train", **kwargs) as t:

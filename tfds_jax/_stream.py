@@ -222,21 +222,17 @@ class Stream:
       start = time.perf_counter()
       self._iterator = iter(self._reader.batches(epoch, index, size, seed))
     try:
-      tensors, ok, ids, serialized = next(self._iterator)
-    except tf.errors.OpError as e:  # the files themselves: nothing after this can be trusted
+      tensors = next(self._iterator)
+    except tf.errors.OpError as e:  # the next call starts afresh at its own position
       self._expected = self._iterator = None
-      b, split = self._reader._read_args[:2]  # pylint: disable=protected-access
-      raise _array_record.damaged(b, split, self._reader.label, e,
-                                  f"reading the batch at epoch {epoch}, position {index}") from e
+      raise self._reader.failure(e, epoch, index, size, seed) from e
     if resumed and index:
       log.warning(
           "tfds_jax: resumed the tf.data stream of %s at epoch %d, position %d by re-reading %d"
           " records (%.2fs); ArrayRecord files resume instantly: `tfds-jax prepare %s"
           " --file-format array_record`.", self._reader.label, epoch, index, index,
           time.perf_counter() - start, self.name)
-    self._expected = (*_advance(key, self.num_records), size, seed)  # even past a failed batch
-    if not bool(ok):
-      raise self._reader.blame(ids.numpy().tolist(), serialized.numpy().tolist())
+    self._expected = (*_advance(key, self.num_records), size, seed)
     return {k: _to_jax(k, v, self._spec[k].dtype, self._device, self._reader.label)
             for k, v in tensors.items()}
 
@@ -366,24 +362,30 @@ class _TFDataReader:
     self.spec = {k: (tuple(s.shape.as_list()), np.dtype(jax.dtypes.canonicalize_dtype(s.dtype.as_numpy_dtype)))
                  for k, s in spec.items()}
     self._read_args = (b, split, keys, decoders, preprocess, num_threads)  # for batches()
-    self._decoders = None
+    self._decoding = None
 
   def batches(self, epoch: int, index: int, size: int, seed: int | None):
     """tf.data.Dataset of ``size``-record batches from position ``index`` of ``epoch`` on.
 
-    Records are read, shuffled and batched serialized, with their TFDS ids
-    (file and index), and decoded a batch at a time. A batch that fails to
-    decode becomes a value instead of an error, so the iterator stays where it
-    was: the next batch is the one after it, and nothing is skipped.
-
-    Returns:
-      A dataset of ``(records, ok, ids, serialized)``: the decoded batch
-      (zeros if it failed), whether it decoded, the records' TFDS ids, and
-      their serialized bytes when it failed (empty strings otherwise).
+    Records are shuffled serialized and decoded after the shuffle, in parallel
+    and in order, so any position is reached without decoding the records
+    before it: after a record fails to decode, the next batch starts afresh
+    at its own position (see :meth:`failure`), and nothing is skipped.
     """
     tf, _ = _tfds.import_tf()
-    decode_batch, zeros = self._decoder()
-    records, buffer = self._serialized(), self._shuffle_buffer
+    ds = self._shuffled(epoch, index, seed).map(self._decoder(), num_parallel_calls=self._read_args[-1],
+                                                 deterministic=True)
+    ds = ds.batch(size, drop_remainder=True).prefetch(self._read_ahead)
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.deterministic = True
+    return ds.with_options(options)
+
+  def _shuffled(self, epoch: int, index: int, seed: int | None, where: bool = False):
+    """Serialized records from position ``index`` of ``epoch`` on (with ``where``:
+    ``(where, record)`` pairs, see :meth:`_serialized`)."""
+    tf, _ = _tfds.import_tf()
+    records, buffer = self._serialized(where), self._shuffle_buffer
 
     def one_epoch(e):
       if seed is None:
@@ -391,69 +393,74 @@ class _TFDataReader:
       epoch_seed = tf.math.floormod(tf.constant(seed, tf.int64) + e, 2**32)
       return records.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
 
-    def attempt(ids, serialized):
-      decoded = tf.data.Dataset.from_tensors(serialized).map(
-          lambda x: (decode_batch(x), True, tf.fill([size], ""))).ignore_errors()
-      failed = tf.data.Dataset.from_tensors((zeros(size), False, serialized))
-      return decoded.concatenate(failed).take(1).map(lambda r, ok, x: (r, ok, ids, x))
+    return tf.data.Dataset.range(epoch, 2**62).flat_map(one_epoch).skip(index)
 
-    ds = tf.data.Dataset.range(epoch, 2**62).flat_map(one_epoch).skip(index)
-    ds = ds.batch(size, drop_remainder=True)
-    threads = self._read_args[-1]
-    ds = ds.interleave(attempt, cycle_length=threads, block_length=1, num_parallel_calls=threads,
-                       deterministic=True).prefetch(self._read_ahead)
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    options.deterministic = True
-    return ds.with_options(options)
+  def failure(self, error, epoch: int, index: int, size: int, seed: int | None) -> RecordError:
+    """The error for the batch at (epoch, index) whose read failed with ``error``.
 
-  def _serialized(self):
-    """The split's serialized records with their TFDS ids, in TFDS's file order."""
-    _, tfds = _tfds.import_tf()
-    from tensorflow_datasets.core import reader  # pylint: disable=import-outside-toplevel
+    Reads that batch's serialized records again: if the files cannot be read,
+    they are damaged (named); else each record is decoded alone to name the
+    failing ones.
+    """
+    tf, _ = _tfds.import_tf()
     b, split = self._read_args[:2]
-    read_config = tfds.ReadConfig(try_autocache=False, add_tfds_id=True,
-                                  num_parallel_calls_for_interleave_files=1)
-    from tensorflow.python.util import deprecation  # pylint: disable=import-outside-toplevel
-    with deprecation.silence():  # TFDS's ids use tf.data.experimental.Counter: keep quiet
-      ds = reader._read_files(  # pylint: disable=protected-access  # as as_dataset reads them
-          file_instructions=b.info.splits[split].file_instructions, read_config=read_config,
-          shuffle_files=False, disable_shuffling=b.info.disable_shuffling,
-          file_format=b.info.file_format or tfds.core.file_adapters.FileFormat.TFRECORD)
-    return ds.map(lambda e: (e.id, e.example))
+    try:
+      batch = list(self._shuffled(epoch, index, seed, where=True).take(size).as_numpy_iterator())
+    except tf.errors.OpError as damage:
+      return _array_record.damaged(b, split, self.label, damage,
+                                   f"reading the batch at epoch {epoch}, position {index}")
+    files = self._files()
+    names = [(f"record {int(i)} of {os.path.basename(files[int(f)])}", (files[int(f)], int(i)))
+             for (f, i), _ in batch]
+    self._decoder()
+    return _array_record.blame(self._one, names, [x for _, x in batch], self.label, error)
+
+  def _serialized(self, where: bool):
+    """The split's serialized records in the order ``as_dataset`` reads them (files
+    interleaved as TFDS's default ``ReadConfig`` does); with ``where``, as
+    ``((file number, index in file), record)`` pairs."""
+    tf, tfds = _tfds.import_tf()
+    b, split = self._read_args[:2]
+    files = self._files()
+    adapter = tfds.core.file_adapters.ADAPTER_FOR_FORMAT[
+        b.info.file_format or tfds.core.file_adapters.FileFormat.TFRECORD]
+    fi = b.info.splits[split].file_instructions
+
+    def one_file(f, path, skip, take):
+      records = adapter.make_tf_data(path).skip(skip).take(take)
+      if not where:
+        return records
+      return tf.data.Dataset.zip((tf.data.Dataset.range(skip, skip + take).map(
+          lambda i: tf.stack([f, i])), records))
+
+    cycle = 1 if b.info.disable_shuffling else 16  # TFDS's default interleave_cycle_length
+    return tf.data.Dataset.from_tensor_slices(
+        (np.arange(len(files), dtype=np.int64), files, np.array([int(x.skip) for x in fi], np.int64),
+         np.array([int(x.take) for x in fi], np.int64))).interleave(
+             one_file, cycle_length=cycle, block_length=tfds.ReadConfig().interleave_block_length,
+             num_parallel_calls=1, deterministic=True)
+
+  def _files(self) -> list[str]:
+    b, split = self._read_args[:2]
+    return [os.fspath(fi.filename) for fi in b.info.splits[split].file_instructions]
 
   def _decoder(self):
-    """``(decode_batch, zeros)``: the batch decoder and a batch of zeros of its output."""
-    if self._decoders is None:
+    """The decoder of one serialized record (kept features only), for tf.data maps."""
+    if self._decoding is None:
       tf, _ = _tfds.import_tf()
       b, _, keys, decoders, preprocess, _ = self._read_args
       decode, spec = _array_record.record_decoder(b, keys, decoders=decoders, preprocess=preprocess)
       out = {k: spec[k] for k in self.spec}
 
-      @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
-      def one(serialized):
+      def one(serialized):  # traced inline into the tf.data map (no function call per record)
         return {k: v for k, v in decode(serialized).items() if k in out}
 
-      def decode_batch(serialized):
-        return tf.map_fn(one, serialized, fn_output_signature=out,
-                         parallel_iterations=_array_record._PARALLEL_RECORDS)  # pylint: disable=protected-access
-
-      def zeros(size):
-        return {k: tf.zeros([size, *v.shape], v.dtype) for k, v in out.items()}
-
-      self._one, self._decoders = one, (decode_batch, zeros)
-    return self._decoders
-
-  def blame(self, ids: list[bytes], serialized: list[bytes]) -> RecordError:
-    """The error for a batch that failed to decode, naming each failing record."""
-    names = []
-    for tfds_id in ids:
-      file, _, index = tfds_id.decode().rpartition("__")
-      names.append((f"record {index} of {file}", (file, int(index))))
-    return _array_record.blame(self._one, names, serialized, self.label, None)
+      self._decoding = one
+      self._one = tf.function(one, input_signature=[tf.TensorSpec([], tf.string)])  # to blame
+    return self._decoding
 
   def close(self) -> None:
-    self._records = self._decoders = None
+    self._records = self._decoding = None
 
 
 def stream(
