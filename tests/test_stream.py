@@ -338,6 +338,15 @@ def test_streams_dropped_unclosed_stop_their_threads_without_errors(dirs, monkey
   assert not unraisable, [u.exc_value for u in unraisable]
 
 
+def test_a_pipeline_over_a_stream_goes_on_after_a_bad_record(dirs):
+  with tfds_jax.stream("toy_images", "train", data_dir=dirs["array_record"], exclude_keys=["id"],
+                       preprocess=_fail_on_record_three) as s:
+    pipe = tfds_jax.pipeline(s, tfds_jax.random_flip(), batch_size=N)  # unshuffled: the stream sees seed None
+    with pytest.raises(tfds_jax.RecordError) as e:
+      tfds_jax.next_batch(pipe, tfds_jax.init(pipe, seed=8))
+    assert int(e.value.next_state.seed) == 8 and int(e.value.next_state.epoch) == 1
+
+
 def test_a_stream_collected_on_its_own_worker_shuts_down_cleanly(dirs, monkeypatch):
   calls, unraisable = [], []
   real = _stream._shutdown

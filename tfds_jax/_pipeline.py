@@ -28,6 +28,7 @@ import numpy as np
 from tfds_jax import _sharding
 from tfds_jax import _source
 from tfds_jax import _stages
+from tfds_jax._array_record import RecordError
 from tfds_jax._source import Source, SourceState
 from tfds_jax._stages import Stage, chain, record_keys
 from tfds_jax._types import Batch
@@ -106,8 +107,13 @@ class Pipeline:
         epoch, index = _source.advance(self.num_records, state.epoch, state.index, size)
       return batch, _source.issue(SourceState(epoch=epoch, index=index, seed=state.seed),
                                   self.num_records)
-    raw, new = _source.next_batch(self.source, state._replace(seed=self._order(state.seed)), size,
-                                  sharding=sharding)
+    try:
+      raw, new = _source.next_batch(self.source, state._replace(seed=self._order(state.seed)), size,
+                                    sharding=sharding)
+    except RecordError as e:  # go on from the pipeline's own state (its seed seeds the stages)
+      if e.next_state is not None:
+        e.next_state = e.next_state._replace(seed=state.seed)
+      raise
     return _stage(self.stages, raw, state.epoch, state.index, state.seed, self.num_records), \
         new._replace(seed=state.seed)
 
