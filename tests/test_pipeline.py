@@ -142,6 +142,79 @@ def test_pipeline_errors_are_clear():
     tfds_jax.pipeline(pipe, batch_size=4)
 
 
+def test_stages_that_break_the_batch_are_refused():
+  first = lambda b: {k: v[:1] for k, v in b.items()}  # noqa: E731  # fine for one record, not for 4
+  with pytest.raises(ValueError, match=r"Expected stage <lambda> to keep the batch size 4 in every feature, got leading shapes \{'image': \(1,\), 'label': \(1,\)\}"):
+    tfds_jax.pipeline(SOURCE, first, batch_size=4)
+  halve = lambda b: {k: v[: v.shape[0] // 2] for k, v in b.items()}  # noqa: E731
+  with pytest.raises(ValueError, match=r"to keep the batch size 1 in every feature, got leading shapes \{'image': \(0,\)"):
+    tfds_jax.pipeline(SOURCE, halve, batch_size=4)
+  with pytest.raises(ValueError, match=r"Expected stage <lambda> to return a non-empty dict of arrays, got \{\}"):
+    tfds_jax.pipeline(SOURCE, lambda b: {}, batch_size=4)
+  with pytest.raises(TypeError, match=r"Expected stage <lambda> to return a dict of arrays, got an array of shape \(1,\)"):
+    tfds_jax.pipeline(SOURCE, lambda b: b["label"], batch_size=4)
+
+
+@pytest.mark.parametrize("mixing", [
+    lambda b: {**b, "image": b["image"] - b["image"].mean(axis=0)},  # centred by the batch mean
+    lambda b: {**b, "image": b["image"] / b["image"].max()},  # scaled by the batch maximum
+    lambda b: {**b, "label": jnp.roll(b["label"], 1)},  # records swapped
+])
+def test_stages_that_mix_records_are_refused(mixing):
+  with pytest.raises(ValueError, match="Expected stages that treat records independently"):
+    tfds_jax.pipeline(SOURCE, tfds_jax.to_float(), mixing, batch_size=4)
+
+
+def test_one_random_number_for_the_whole_batch_is_mixing():
+  def shared_noise(keys, batch):
+    return {**batch, "image": batch["image"] + jax.random.normal(keys[0], batch["image"].shape)}
+  with pytest.raises(ValueError, match="Expected stages that treat records independently"):
+    tfds_jax.pipeline(SOURCE, tfds_jax.to_float(), tfds_jax.stage(shared_noise, random=True), batch_size=4)
+  per_record = tfds_jax.stage(lambda keys, b: {**b, "image": b["image"] + jax.vmap(
+      lambda k, x: jax.random.normal(k, x.shape))(keys, b["image"])}, random=True)
+  tfds_jax.pipeline(SOURCE, tfds_jax.to_float(), per_record, batch_size=4)  # independent: accepted
+  # The documented limit: with one record per batch there is nothing to mix, and nothing is checked.
+  tfds_jax.pipeline(SOURCE, tfds_jax.to_float(), tfds_jax.stage(shared_noise, random=True), batch_size=1)
+
+
+def test_one_hot_must_cover_the_labels_where_they_are_known():
+  with pytest.raises(ValueError, match=r"Expected one_hot\(3\) to cover the labels of 'label' in the source \(values: \[0, 4\]\), got num_classes=3; pass one_hot\(5\)"):
+    tfds_jax.pipeline(SOURCE, tfds_jax.one_hot(3), batch_size=4)
+  negative = tfds_jax.from_arrays({"label": np.array([-1, 0, 1])}, name="neg", split="train")
+  with pytest.raises(ValueError, match=r"labels of 'label' in neg\[train\] \(values: \[-1, 1\]\)"):
+    tfds_jax.pipeline(negative, tfds_jax.one_hot(2), batch_size=1)
+  # A stage of the user's own before it may remap the labels: not checked.
+  tfds_jax.pipeline(SOURCE, lambda b: {**b, "label": b["label"] % 3}, tfds_jax.one_hot(3), batch_size=4)
+  tfds_jax.pipeline(SOURCE, tfds_jax.random_flip(), tfds_jax.one_hot(5), batch_size=4)
+
+
+def test_built_in_parameters_are_checked_against_the_data():
+  with pytest.raises(ValueError, match=r"Expected axis in \[-3, 3\) for random_flip of 'image' \(records of shape \(6, 6, 3\)\), got 7"):
+    tfds_jax.pipeline(SOURCE, tfds_jax.random_flip(axis=7), batch_size=4)
+  for p in (2.0, -0.1, float("nan")):
+    with pytest.raises(ValueError, match="Expected probability in \\[0, 1\\] for random_flip"):
+      tfds_jax.random_flip(probability=p)
+  gray = tfds_jax.from_arrays({"image": np.zeros((8, 4, 4, 1), np.uint8)})
+  with pytest.raises(ValueError, match=r"Expected normalize statistics for 'image' that broadcast to its record shape \(4, 4, 1\) .* got a mean of shape \(3,\)"):
+    tfds_jax.pipeline(gray, tfds_jax.normalize(mean=np.zeros(3), std=np.ones(3)), batch_size=4)
+  other = tfds_jax.compute_statistics(tfds_jax.from_arrays({"x": np.zeros((4, 3))}))
+  with pytest.raises(KeyError, match=r"Expected statistics \(mean\) of feature 'image' for normalize, got statistics of \['x'\]"):
+    tfds_jax.normalize(other)
+
+
+def test_invalid_states_of_a_pipeline():
+  pipe = _pipe(4)
+  with pytest.raises(ValueError, match="0 <= index < 37 .* got epoch 0, index 40"):
+    tfds_jax.next_batch(pipe, tfds_jax.SourceState(np.int32(0), np.int32(40), np.uint32(1)))
+  with pytest.raises(TypeError, match="Expected a SourceState, got dict"):
+    tfds_jax.next_batch(pipe, {"epoch": 0})
+  wrapped = tfds_jax.SourceState(jnp.int32(1), jnp.int32(40), jnp.uint32(1))  # traced: index mod 37
+  got, after = jax.jit(tfds_jax.next_batch)(pipe, wrapped)
+  want, want_after = tfds_jax.next_batch(pipe, wrapped._replace(index=jnp.int32(3)))
+  _equal(got, want)
+  assert (int(after.epoch), int(after.index)) == (int(want_after.epoch), int(want_after.index)) == (1, 7)
+
+
 @pytest.fixture(scope="module")
 def streamed(toy_dirs):
   data_dir = toy_dirs["array_record"]
@@ -165,3 +238,9 @@ def test_pipeline_over_a_stream_equals_pipeline_over_the_eager_source(streamed, 
   assert (int(a_state.epoch), int(a_state.index)) == (int(b_state.epoch), int(b_state.index))
   _equal(tfds_jax.batch_at(on_stream, 3 * batch_size, seed=seed),
          tfds_jax.batch_at(on_eager, 3 * batch_size, seed=seed))
+
+
+def test_one_hot_over_a_stream_is_checked_against_its_class_label(streamed):
+  _, stream = streamed
+  with pytest.raises(ValueError, match=r"Expected one_hot\(2\) to cover the labels of 'label' in toy_images\[train\] \(its ClassLabel's range: \[0, 2\]\)"):
+    tfds_jax.pipeline(stream, tfds_jax.one_hot(2), batch_size=4)

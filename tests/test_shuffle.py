@@ -130,3 +130,37 @@ def test_errors():
     index_shuffle(0, 0, 10, rounds=3)
   with pytest.raises(TypeError, match="Expected max_index to be a Python int"):
     jax.jit(index_shuffle)(0, 0, 10)
+
+
+@given(n=st.integers(1, 70_000), seed=seeds, index=st.integers(-2**31, 2**31 - 1))
+def test_terminates_for_every_index_by_reducing_it_modulo_the_size(n, seed, index):
+  # Out of range, the cycle-walk could loop forever (no in-range value on its cycle);
+  # reducing first makes it total, and in-range indices are unchanged.
+  got = _jit_shuffle(jnp.int32(index), jnp.uint32(seed), max_index=n - 1)
+  assert 0 <= int(got) < n
+  assert int(got) == int(_jit_shuffle(jnp.int32(index % n), jnp.uint32(seed), max_index=n - 1))
+
+
+def test_the_out_of_range_indices_that_hung_terminate():
+  # 660 out-of-range (seed, index) pairs for 100 records, among them the one that hung
+  # (seed 2, index 471): each lands on the record of index mod 100.
+  idx = jnp.arange(100, 166, dtype=jnp.uint32)[None, :] + jnp.array([0, 371, 2**32 - 200], jnp.uint32)[:, None, None]
+  seeds_ = jnp.arange(10, dtype=jnp.uint32)[:, None]
+  for block in idx:
+    got = np.asarray(index_shuffle(block, seeds_, 99))
+    want = np.asarray(index_shuffle(np.asarray(block) % 100, seeds_, 99))
+    np.testing.assert_array_equal(got, want)
+  assert int(index_shuffle(jnp.uint32(471), 2, 99)) == int(index_shuffle(71, 2, 99))
+  assert int(index_shuffle(jnp.int32(-1), 2, 99)) == int(index_shuffle(99, 2, 99))
+
+
+def test_wrap_is_pythons_modulo_for_every_integer_dtype():
+  for dtype, values in ((jnp.int32, [-2**31, -7, -1, 0, 5, 2**31 - 1]), (jnp.uint32, [0, 9, 2**32 - 1]),
+                        (jnp.int8, [-128, -3, 127]), (jnp.uint8, [0, 255])):
+    for size in (1, 7, 10, 2**16, 2**31 + 5, 2**32):
+      got = np.asarray(_shuffle.wrap(jnp.asarray(values, dtype), size)).tolist()
+      assert got == [v % size for v in values], (dtype, size)
+  with pytest.raises(TypeError, match="Expected an integer index, got dtype float32"):
+    index_shuffle(jnp.float32(3.5), 0, 9)
+  with pytest.raises(TypeError, match="Expected an integer \\(uint32\\) seed, got dtype float32"):
+    index_shuffle(3, jnp.float32(1.0), 9)

@@ -1,5 +1,7 @@
 """Source, init, next_batch, batch_at: exact epochs, Grain order, jit = vmap = eager."""
 
+import contextlib
+import faulthandler
 import functools
 
 import chex
@@ -218,9 +220,162 @@ def test_batch_size_errors():
   state = init(source)
   with pytest.raises(ValueError, match=r"Expected 1 <= batch_size <= 10 \(the number of records\), got 11"):
     next_batch(source, state, 11)
-  with pytest.raises(ValueError, match=r"Expected 1 <= size <= 10 \(the number of records\), got 0"):
-    batch_at(source, 0, 0)
+  for bad in (0, -1):  # not "use a smaller batch"
+    with pytest.raises(ValueError, match=f"Expected size >= 1, got {bad}; pass a positive number"):
+      batch_at(source, 0, bad)
+    with pytest.raises(ValueError, match=f"Expected batch_size >= 1, got {bad}; pass a positive number"):
+      next_batch(source, state, bad)
   with pytest.raises(TypeError, match="Expected size to be a static Python int"):
     jax.jit(batch_at)(source, 0, 3)
   with pytest.raises(ValueError, match="Expected start >= 0, got -1"):
     batch_at(source, -1, 3)
+
+
+@contextlib.contextmanager
+def _deadline(seconds):
+  """Ends the whole process with a traceback if the block runs past ``seconds``: a hang
+  fails loudly instead of stalling the suite."""
+  faulthandler.dump_traceback_later(seconds, exit=True)
+  try:
+    yield
+  finally:
+    faulthandler.cancel_dump_traceback_later()
+
+
+_jit_next = jax.jit(next_batch, static_argnames="batch_size")
+
+
+@given(n=st.integers(1, 300), epoch=st.integers(-2**31, 2**31 - 1), index=st.integers(-2**31, 2**31 - 1),
+       seed=seeds, shuffle=st.booleans(), data=st.data())
+def test_any_integer_state_under_jit_terminates_and_reads_only_records_of_the_source(
+    n, epoch, index, seed, shuffle, data):
+  batch_size = data.draw(st.integers(1, n))
+  source = _source(n)  # x is each record's own index
+  state = tfds_jax.SourceState(jnp.int32(epoch), jnp.int32(index), jnp.uint32(seed) if shuffle else None)
+  with _deadline(120):
+    batch, after = _jit_next(source, state, batch_size=batch_size)
+    x = np.asarray(batch["x"])
+  assert ((0 <= x) & (x < n)).all()
+  np.testing.assert_array_equal(np.asarray(batch["img"]), np.asarray(source.data["img"])[x])
+  # The documented result: the state read as (epoch, index mod n), then advanced.
+  valid = state._replace(index=jnp.int32(index % n))
+  want, want_after = _jit_next(source, valid, batch_size=batch_size)
+  chex.assert_trees_all_equal((batch, after), (want, want_after))
+  assert 0 <= int(after.index) < n
+
+
+def test_the_states_that_hung_or_read_past_the_end_now_terminate_in_range():
+  source = _source(100)
+  hung = tfds_jax.SourceState(jnp.int32(0), jnp.int32(471), jnp.uint32(2))
+  with _deadline(120):
+    batch, after = _jit_next(source, hung, batch_size=8)
+  np.testing.assert_array_equal(np.asarray(batch["x"]), np.asarray(batch_at(source, 71, 8, 2)["x"]))
+  assert (int(after.epoch), int(after.index)) == (0, 79)
+  past_end = tfds_jax.SourceState(jnp.int32(0), jnp.int32(1200), None)  # a train state on a small split
+  batch, after = _jit_next(source, past_end, batch_size=8)
+  np.testing.assert_array_equal(np.asarray(batch["x"]), np.arange(0, 8))  # 1200 mod 100 = 0
+  negative = tfds_jax.SourceState(jnp.int32(0), jnp.int32(-5), None)
+  batch, _ = _jit_next(source, negative, batch_size=8)
+  np.testing.assert_array_equal(np.asarray(batch["x"]), [95, 96, 97, 98, 99, 0, 1, 2])
+
+
+def test_concrete_invalid_states_are_errors():
+  source, other = _source(20), _source(50)
+  state = init(source)
+  for bad, match in [
+      (state._replace(index=jnp.int32(20)), r"0 <= index < 20 \(its number of records\), got epoch 0, index 20"),
+      (state._replace(index=np.int32(-5)), "got epoch 0, index -5"),
+      (state._replace(epoch=jnp.int32(-1)), "epoch >= 0 .* got epoch -1"),
+      (tfds_jax.SourceState(0, 25, None), "got epoch 0, index 25; it belongs to another dataset or split"),
+  ]:
+    with pytest.raises(ValueError, match=match):
+      next_batch(source, bad, 4)
+  # A state of a larger split (handed out by next_batch, so known valid for 50 records).
+  _, train_state = next_batch(other, init(other), 32)
+  with pytest.raises(ValueError, match="got epoch 0, index 32"):
+    next_batch(source, train_state, 4)
+  for bad, match in [
+      (state._replace(index=np.float32(3.7)), "state's index to be an integer scalar, got dtype float32"),
+      (state._replace(index=3.7), "state.s index to be an integer scalar, got float 3.7"),
+      (state._replace(epoch=jnp.zeros(2, jnp.int32)), r"state's epoch to be an integer scalar, got dtype int32 and shape \(2,\)"),
+      (state._replace(seed=np.float32(1)), "state's seed to be an integer scalar"),
+      ({"epoch": 0, "index": 0, "seed": None}, "Expected a SourceState, got dict"),
+      ((0, 0, None), "Expected a SourceState, got tuple"),
+  ]:
+    with pytest.raises(TypeError, match=match):
+      next_batch(source, bad, 4)
+  with pytest.raises(TypeError, match="state's index to be an integer scalar, got dtype float32"):
+    jax.jit(next_batch, static_argnums=2)(source, state._replace(index=jnp.float32(1)), 4)  # dtypes are static
+
+
+def test_states_handed_out_are_not_read_back():
+  source = _source(20)
+  state = init(source)
+  _, state = next_batch(source, state, 4)
+  assert tfds_jax._source._issued(state, 20) and not tfds_jax._source._issued(state, 21)
+  assert not tfds_jax._source._issued(state._replace(index=jnp.int32(3)), 20)
+  assert tfds_jax._source.check_state(state, 20) is None  # known valid: no device round trip
+  assert tfds_jax._source.check_state(state._replace(index=jnp.int32(3)), 20) == (0, 3)
+
+
+def test_traced_start_is_split_by_floor_division_and_must_be_an_integer():
+  n, seed = 10, 7
+  source = _source(n)
+  at = jax.jit(batch_at, static_argnums=2)
+  got = np.asarray(at(source, jnp.int32(-1), 3, jnp.uint32(seed))["x"])
+  last_of_epoch_minus_1 = int(tfds_jax.index_shuffle(n - 1, seed - 1, n - 1))
+  np.testing.assert_array_equal(got, [last_of_epoch_minus_1, *np.asarray(batch_at(source, 0, 2, seed)["x"])])
+  np.testing.assert_array_equal(np.asarray(at(source, jnp.int32(-1), 3, None)["x"]), [9, 0, 1])
+  with pytest.raises(TypeError, match="Expected start to be an integer scalar, got dtype float32"):
+    at(source, jnp.float32(3.5), 3, None)
+  with pytest.raises(TypeError, match="Expected start to be an integer scalar, got dtype float64"):
+    batch_at(source, np.float64(3.5), 3)
+  with pytest.raises(ValueError, match="Expected start >= 0, got -1"):
+    batch_at(source, jnp.int32(-1), 3)  # concrete: an error
+  np.testing.assert_array_equal(np.asarray(batch_at(source, jnp.int32(12), 3)["x"]), [2, 3, 4])
+
+
+def test_record_indices_checks_concrete_positions_and_wraps_traced_ones():
+  with pytest.raises(ValueError, match="Expected a state of 10 records .* got epoch 0, index 15"):
+    tfds_jax.record_indices(10, 0, 15, 3, None)
+  with pytest.raises(ValueError, match="got epoch -1, index 0"):
+    tfds_jax.record_indices(10, -1, 0, 3, None)
+  with pytest.raises(ValueError, match="Expected num_records to be an int in"):
+    tfds_jax.record_indices(0, 0, 0, 1, None)
+  with pytest.raises(TypeError, match="state's index to be an integer scalar"):
+    tfds_jax.record_indices(10, 0, 1.5, 3, None)
+  traced = jax.jit(lambda i: tfds_jax.record_indices(10, 0, i, 3, None))(jnp.int32(15))
+  np.testing.assert_array_equal(np.asarray(traced), [5, 6, 7])
+
+
+def test_bad_arguments_get_clear_errors():
+  source = _source(10)
+  with pytest.raises(TypeError, match=r"Expected an int seed in \[0, 2\*\*32\) or a JAX key, got str '42'"):
+    init(source, seed="42", shuffle=True)
+  with pytest.raises(TypeError, match="got str '42'"):
+    init(source, seed="42")  # checked even when not shuffling
+  with pytest.raises(TypeError, match="got float 1.5"):
+    init(source, seed=1.5, shuffle=True)
+  bare = np.zeros((10, 3))
+  for call in (lambda: next_batch(bare, init(source), 2), lambda: batch_at(bare, 0, 2),
+               lambda: init(bare), lambda: tfds_jax.element_spec(bare)):
+    with pytest.raises(TypeError, match=r"Expected a Source, Pipeline or Stream .* got ndarray shape \(10, 3\)"):
+      call()
+  with pytest.raises(TypeError, match="got int 42"):
+    tfds_jax.element_spec(42)
+  with pytest.raises(TypeError, match="Expected device to be None, a jax.Device or a jax.sharding.Sharding, got str 'cpu'"):
+    from_arrays({"x": np.arange(3)}, device="cpu")
+  with pytest.raises(TypeError, match="Expected batch_size to be a static Python int, got bool"):
+    next_batch(source, init(source), True)
+
+
+def test_from_arrays_refuses_integers_that_do_not_fit_and_ragged_lists():
+  assert not jax.config.jax_enable_x64
+  with pytest.raises(ValueError, match=r"Expected feature 'x' of from_arrays to fit int32 .* got values in \[0, 1099511627777\]"):
+    from_arrays({"x": np.array([2**40 + 1, 0], np.int64)})
+  with pytest.raises(ValueError, match=r"feature 'big' of mine\[train\] to fit uint32"):
+    from_arrays({"big": np.array([2**33], np.uint64)}, name="mine", split="train")
+  fits = from_arrays({"x": np.array([2**31 - 1, -2**31], np.int64)})
+  assert fits.data["x"].dtype == jnp.int32 and fits.data["x"].tolist() == [2**31 - 1, -2**31]
+  with pytest.raises(ValueError, match="Expected feature 'x' to be an array .* got ragged list"):
+    from_arrays({"x": [[1, 2], [3]]})

@@ -70,3 +70,21 @@ def test_statistics_of_a_stream_equal_the_eager_ones(toy_dirs, file_format):
   expected = tfds_jax.compute_statistics(eager)
   for a, b in zip(jax.tree.leaves(streamed), jax.tree.leaves(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_non_finite_values_are_reported_per_feature_not_propagated():
+  x = np.random.default_rng(0).random((50, 4, 4, 3)).astype(np.float32)
+  x[3, 0, 0, 1], x[7, 1, 2, 0], x[9, 3, 3, 2] = np.nan, np.inf, -np.inf
+  source = tfds_jax.from_arrays({"image": x, "label": np.arange(50)}, name="toy", split="train")
+  for chunk in (4096, 7):
+    with pytest.raises(ValueError, match=r"Expected finite values in \['image'\] of toy\[train\], got 'image': 1 NaN and 2 infinite of 2400"):
+      tfds_jax.compute_statistics(source, chunk_size=chunk)
+  stats = tfds_jax.compute_statistics(source, features=["label"])  # leave the feature out
+  assert float(stats.mean["label"]) == 24.5
+
+
+def test_chunk_size_must_be_positive():
+  source = tfds_jax.from_arrays({"x": np.arange(5.0)})
+  for bad in (0, -1, 2.5):
+    with pytest.raises(ValueError, match=f"Expected chunk_size to be a positive int, got {bad}"):
+      tfds_jax.compute_statistics(source, chunk_size=bad)

@@ -1,8 +1,13 @@
 """stream() and from_tfds(): same order as the eager source, exact resume, clean shutdown, clear errors."""
 
+import gc
 import logging
 import os
+import re
+import subprocess
+import sys
 import threading
+import time
 
 import jax
 import numpy as np
@@ -181,6 +186,15 @@ def test_tf_data_stream_unshuffled_equals_eager(dirs, eager):
     _equal(a, b)
 
 
+def test_tf_data_stream_reads_files_in_tfds_order(dirs):
+  # Two files (a slice of each split): the files interleave exactly as as_dataset reads them.
+  split = "train[5:30]+test[2:9]"
+  loaded = tfds_jax.load("toy_images", split, data_dir=dirs["tfrecord"], exclude_keys=["id"], cache=False)
+  with tfds_jax.stream("toy_images", split, data_dir=dirs["tfrecord"], exclude_keys=["id"]) as s:
+    streamed, _ = _run(s, tfds_jax.init(s), 32, 1)
+  np.testing.assert_array_equal(np.asarray(streamed[0]["score"]), np.asarray(loaded.data["score"]))
+
+
 def test_tf_data_stream_shuffles_each_epoch_reproducibly(dirs, eager, caplog):
   kwargs = dict(data_dir=dirs["tfrecord"], exclude_keys=["id"], shuffle_buffer_size=16)
   with tfds_jax.stream("toy_images", "train", **kwargs) as s, tfds_jax.stream("toy_images", "train", **kwargs) as t:
@@ -248,12 +262,139 @@ def test_worker_errors_reach_the_caller(dirs, eager, mode):
   with tfds_jax.stream("toy_images", "train", data_dir=dirs[mode], exclude_keys=["id"],
                        preprocess=_fail_on_record_three) as s:
     state = tfds_jax.init(s)
-    match = f"record {position} of toy_images\\[train\\]" if mode == "array_record" else "epoch 0, position 0 of toy_images\\[train\\]"
-    with pytest.raises(RuntimeError, match=match) as e:
+    shard = f"toy_images-train.{'array_record' if mode == 'array_record' else 'tfrecord'}-00000-of-00001"
+    match = f"record {position} of {'toy_images.train. .' if mode == 'array_record' else ''}{shard}"
+    with pytest.raises(tfds_jax.RecordError, match=match) as e:
       tfds_jax.next_batch(s, state, N)
-    assert "bad record" in str(e.value)
-    with pytest.raises(RuntimeError):  # again, not a hang
+    assert "bad record" in str(e.value) and e.value.records == [(mode_path(e.value.records[0][0], shard), position)]
+    with pytest.raises(tfds_jax.RecordError):  # again (the same state gives the same result), not a hang
       tfds_jax.next_batch(s, state, N)
+
+
+def mode_path(path, shard):
+  assert path.endswith(shard)
+  return path
+
+
+@pytest.mark.parametrize("mode", ["array_record", "tfrecord"])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_a_bad_record_fails_its_batch_only_and_nothing_is_skipped(dirs, mode, shuffle):
+  kwargs = dict(data_dir=dirs[mode], exclude_keys=["id"], shuffle_buffer_size=16)
+  with tfds_jax.stream("toy_images", "train", preprocess=_fail_on_record_three, **kwargs) as bad, \
+       tfds_jax.stream("toy_images", "train", **kwargs) as good:
+    state = good_state = tfds_jax.init(bad, seed=3, shuffle=shuffle)
+    failed = 0
+    for _ in range(12):  # three epochs of 40 in batches of 10
+      want, good_state = tfds_jax.next_batch(good, good_state, 10)
+      try:
+        got, state = tfds_jax.next_batch(bad, state, 10)
+      except tfds_jax.RecordError as e:
+        failed += 1
+        assert np.float32(3 / 7.0) in np.asarray(want["score"])  # the batch that holds it
+        assert "the error's next_state" in str(e)
+        state = e.next_state
+        continue
+      _equal(got, want)  # every other batch: exactly the records of an undamaged stream
+      assert (int(state.epoch), int(state.index)) == (int(good_state.epoch), int(good_state.index))
+    assert failed == 3  # once per epoch
+
+
+def _wait_for_no_threads(prefixes):
+  for _ in range(300):
+    if not any(t.name.startswith(p) for t in threading.enumerate() for p in prefixes):
+      return
+    time.sleep(0.1)
+  raise AssertionError(f"threads still running: {[t.name for t in threading.enumerate()]}")
+
+
+def test_streams_dropped_unclosed_stop_their_threads_without_errors(dirs, monkeypatch):
+  unraisable, names = [], []
+  monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+  for seed in range(4):  # with reads ahead in flight, as when a loop is left early
+    s = tfds_jax.stream("toy_images", "train", data_dir=dirs["array_record"], exclude_keys=["id"], read_ahead=3)
+    _run(s, tfds_jax.init(s, seed=seed, shuffle=True), 4, 2)
+    names.append(s.thread_name)
+    del s
+  _wait_for_no_threads(names)
+  assert not unraisable, [u.exc_value for u in unraisable]
+
+
+def test_a_pipeline_over_a_stream_goes_on_after_a_bad_record(dirs):
+  with tfds_jax.stream("toy_images", "train", data_dir=dirs["array_record"], exclude_keys=["id"],
+                       preprocess=_fail_on_record_three) as s:
+    pipe = tfds_jax.pipeline(s, tfds_jax.random_flip(), batch_size=N)  # unshuffled: the stream sees seed None
+    with pytest.raises(tfds_jax.RecordError) as e:
+      tfds_jax.next_batch(pipe, tfds_jax.init(pipe, seed=8))
+    assert int(e.value.next_state.seed) == 8 and int(e.value.next_state.epoch) == 1
+
+
+def test_a_stream_collected_on_its_own_worker_shuts_down_cleanly(dirs, monkeypatch):
+  calls, unraisable = [], []
+  real = _stream._shutdown
+
+  def recording(*args):
+    calls.append(threading.current_thread().name)
+    real(*args)
+
+  monkeypatch.setattr(_stream, "_shutdown", recording)
+  monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+  gc.disable()  # only the collection we trigger, on the worker, may free the stream
+  try:
+    s = tfds_jax.stream("toy_images", "train", data_dir=dirs["array_record"], exclude_keys=["id"])
+    _run(s, tfds_jax.init(s, seed=1, shuffle=True), 4, 3)
+    name, pool = s.thread_name, s._reads  # pylint: disable=protected-access
+    cycle = [s]
+    cycle.append(cycle)  # unreachable once dropped, freed only by the garbage collector
+    del s, cycle
+    pool.submit(gc.collect).result()  # the collector runs on a worker thread
+  finally:
+    gc.enable()
+  assert calls and calls[0].startswith(name)  # the finalizer ran on the stream's own worker
+  _wait_for_no_threads([name, "tfds_jax_stream_shutdown"])  # and the threads stopped
+  assert not unraisable, [u.exc_value for u in unraisable]  # no "cannot join current thread"
+
+
+def _corrupt_middle(path, n=64):
+  raw = bytearray(path.read_bytes())
+  for i in range(len(raw) // 2, len(raw) // 2 + n):
+    raw[i] ^= 0xFF
+  path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("mode", ["array_record", "tfrecord"])
+def test_damaged_shards_are_named_and_close_never_raises(tmp_path, mode):
+  tfds_builders.ToyImages(data_dir=tmp_path).download_and_prepare(file_format=mode)
+  train = next((tmp_path / "toy_images").rglob(f"*train.{mode}*"))
+  _corrupt_middle(train)
+  expected = ("Expected (a readable ArrayRecord file|ArrayRecord file .* to hold at least 40 records)"
+              if mode == "array_record"
+              else "Expected readable TFRecord files of toy_images\\[train\\], got DataLossError")
+  with tfds_jax.stream("toy_images", "train", data_dir=tmp_path, exclude_keys=["id"]) as s:
+    state = tfds_jax.init(s)
+    for _ in range(5):  # every batch that needs the damaged part says so: no hang, no raw error
+      try:
+        _, state = tfds_jax.next_batch(s, state, 8)
+      except tfds_jax.RecordError as e:
+        assert re.search(expected, str(e)) and str(train) in str(e), str(e)
+        state = e.next_state
+  with pytest.raises(tfds_jax.RecordError, match=expected) as e:
+    tfds_jax.load("toy_images", "train", data_dir=tmp_path, exclude_keys=["id"], cache=False)
+  assert str(train) in str(e.value)
+  if mode == "array_record":
+    test = next((tmp_path / "toy_images").rglob("*test.array_record*"))
+    with open(test, "r+b") as f:
+      f.truncate(test.stat().st_size // 2)
+    s = tfds_jax.stream("toy_images", "test", data_dir=tmp_path, exclude_keys=["id"])
+    with pytest.raises(tfds_jax.RecordError, match=f"Expected ArrayRecord file {re.escape(str(test))} to hold at least 12 records .* got 0: it is truncated or damaged"):
+      tfds_jax.next_batch(s, tfds_jax.init(s), 4)
+
+    class Failing:
+      def close(self):
+        raise RuntimeError("")  # what a truncated file's reader does
+
+    s._reader._raw._readers[0] = Failing()  # pylint: disable=protected-access
+    s.close()  # logged, not raised
+    s.close()
 
 
 def test_bad_input(dirs, ra):

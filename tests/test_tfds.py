@@ -228,6 +228,167 @@ def test_damaged_cache_is_rebuilt(data_dir, cache_dir, monkeypatch, caplog, dama
   np.testing.assert_array_equal(np.asarray(again.data["image"]), _as_numpy(data_dir, "train")["image"])
 
 
+def _damage_cases():
+  # Every part of an entry: the .npy header, the first and last data bytes, a middle
+  # run (64 inverted bytes, as in the fault sweep), a truncated or extended file, and
+  # meta.json (broken JSON, or valid JSON saying something else).
+  return ["header", "first", "last", "middle", "truncate", "extend", "meta_json", "meta_value"]
+
+
+@pytest.mark.parametrize("damage", _damage_cases())
+def test_any_damage_to_a_cache_entry_is_detected(data_dir, cache_dir, monkeypatch, caplog, damage):
+  reads = _count_reads(monkeypatch)
+  monkeypatch.setattr(_cache, "_BLOCK", 1000)  # several checksum blocks in a small file
+  tfds_jax.load("toy_images", "train", data_dir=data_dir, include_keys=["image"])
+  _cache.flush()
+  entry = next(cache_dir.rglob("meta.json")).parent
+  npy, meta = entry / "0.npy", entry / "meta.json"
+  raw = bytearray(npy.read_bytes())
+  data_start = len(raw) - tfds_builders.TRAIN * 64
+  if damage == "header":
+    raw[data_start - 2] ^= 0x01  # a padding byte of the header
+  elif damage == "first":
+    raw[data_start] ^= 0x80
+  elif damage == "last":
+    raw[-1] ^= 0x01
+  elif damage == "middle":
+    for i in range(data_start + 1000, data_start + 1064):
+      raw[i] ^= 0xFF
+  elif damage == "truncate":
+    raw = raw[:-100]
+  elif damage == "extend":
+    raw += b"\0" * 8
+  if damage.startswith("meta"):
+    text = meta.read_text()
+    meta.write_text("{not json" if damage == "meta_json" else text.replace('"info_dir": "', '"info_dir": "/elsewhere'))
+  else:
+    npy.write_bytes(bytes(raw))
+  with caplog.at_level(logging.WARNING, logger="tfds_jax"):
+    again = tfds_jax.load("toy_images", "train", data_dir=data_dir, include_keys=["image"])
+  assert len(reads) == 2 and "is damaged" in caplog.text, caplog.text
+  np.testing.assert_array_equal(np.asarray(again.data["image"]), _as_numpy(data_dir, "train")["image"])
+  assert tfds_jax.info(again).name == "toy_images"
+
+
+@pytest.mark.parametrize("offset", [100_000, 5_000_000, 12_000_000 - 64])
+def test_64_inverted_bytes_anywhere_in_a_large_entry_are_detected(cache_dir, tmp_path, offset):
+  # 12 MB: the old check sampled sixteen 64 KiB blocks and missed damage between them.
+  arrays = {"x": np.arange(3_000_000, dtype=np.int32)}
+  key = {"name": "big", "offset": offset}
+  _cache.write(key, arrays, tmp_path, _cache.tree_fingerprint(tmp_path), {})
+  npy = _cache.entry_dir(key) / "0.npy"
+  raw = bytearray(npy.read_bytes())
+  for i in range(offset, offset + 64):
+    raw[i] ^= 0xFF
+  npy.write_bytes(bytes(raw))
+  assert _cache.read(key) is None and not npy.exists()  # detected, logged, removed
+
+
+_KILLED_WRITER = """
+import os, sys, time, numpy as np
+from tfds_jax import _cache
+real = np.lib.format.write_array
+def stall(f, array, **kwargs):  # write half the file, then hang until killed
+  f.write(b"x" * 4096); f.flush()
+  open(sys.argv[1], "w").close()
+  time.sleep(600)
+np.lib.format.write_array = stall
+_cache.write({"name": "toy_images", "k": 1}, {"x": np.zeros(100000)}, sys.argv[2], "", {})
+"""
+
+
+def test_writes_killed_midway_are_cleaned_up_by_the_next_load(data_dir, cache_dir, tmp_path, caplog):
+  started = tmp_path / "started"
+  env = {**os.environ, "TFDS_JAX_CACHE_DIR": str(cache_dir), "JAX_PLATFORMS": "cpu"}
+  child = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(started), str(data_dir)], env=env)
+  try:
+    for _ in range(600):
+      if started.exists() or child.poll() is not None:
+        break
+      import time  # pylint: disable=import-outside-toplevel
+      time.sleep(0.1)
+    assert started.exists(), "the writer never started"
+    orphans = list((cache_dir / "toy_images").glob(".*.tmp-*"))
+    assert len(orphans) == 1 and any(orphans[0].iterdir())
+  finally:
+    child.kill()  # SIGKILL: no cleanup runs in the child
+    child.wait()
+  with caplog.at_level(logging.INFO, logger="tfds_jax"):
+    tfds_jax.load("toy_images", "train", data_dir=data_dir, include_keys=["label"])
+  _cache.flush()
+  assert not list((cache_dir / "toy_images").glob(".*.tmp-*")) and "stopped while writing it" in caplog.text
+  alive = cache_dir / "toy_images" / f".abc.tmp-{_cache._HOST}-{os.getpid()}"  # a live writer: kept
+  other = cache_dir / "toy_images" / ".abc.tmp-otherhost-1"  # another machine's: kept
+  alive.mkdir(), other.mkdir()
+  tfds_jax.load("toy_images", "train", data_dir=data_dir, include_keys=["label"])
+  assert alive.exists() and other.exists()
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda d: tfds_jax.load(123, "train", data_dir=d), TypeError,
+     r"Expected a TFDS dataset name \(a str such as 'mnist' or 'cifar10:3.0.2'\), got 123 \(int\)"),
+    (lambda d: tfds_jax.load(None, "train", data_dir=d), TypeError, r"got None \(NoneType\)"),
+    (lambda d: tfds_jax.load("toy_images", ["train", "test"], data_dir=d), TypeError,
+     r"Expected one split string such as 'train', 'train\[:10%\]' or 'train\+test', got \['train', 'test'\] \(list\)"),
+    (lambda d: tfds_jax.load("toy_images", "train", data_dir=d, device="cpu"), TypeError,
+     "Expected device to be None, a jax.Device or a jax.sharding.Sharding, got str 'cpu'"),
+    (lambda d: tfds_jax.load("toy_images:9.9.9", "train", data_dir=d), ValueError,
+     r"Expected a version and config of 'toy_images' that TFDS can build, got 'toy_images:9.9.9': .*only: 1.0.0"),
+    (lambda d: tfds_jax.load("digits:9.9.9", "train", data_dir=d), ValueError, r"got 'digits:9.9.9'"),
+    (lambda d: tfds_jax.prepare("toy_images", data_dir=d, file_format="parquet2"), ValueError,
+     r"Expected file_format to be one of \['tfrecord', 'array_record'\] .* got 'parquet2'"),
+    (lambda d: tfds_jax.load("toy_images", "train", data_dir=d, beam_num_workers=0), ValueError,
+     "Expected beam_num_workers to be None or a positive int, got 0"),
+    (lambda d: tfds_jax.load("toy_images", "train", data_dir=d, beam_num_workers=-1), ValueError,
+     "got -1"),
+    (lambda d: tfds_jax.prepare("toy_images", data_dir=d, beam_num_workers=0), ValueError, "got 0"),
+    (lambda d: tfds_jax.stream("toy_images", "train", data_dir=d, beam_num_workers=-1), ValueError, "got -1"),
+    (lambda d: tfds_jax.from_tfds("toy_images", ["train"], data_dir=d), TypeError, "one split string"),
+])
+def test_bad_arguments_are_clear_errors_before_any_work(data_dir, call, error, match):
+  with pytest.raises(error, match=match):
+    call(data_dir)  # the dataset is prepared: beam_num_workers is checked all the same
+
+
+def test_a_users_own_digits_is_not_shadowed_by_the_embedded_one(tmp_path):
+  with tfds.core.registered.skip_registration():
+    class Digits(tfds.core.GeneratorBasedBuilder):  # pylint: disable=unused-variable
+      """The user's own dataset that happens to be called digits."""
+      VERSION = tfds.core.Version("2.0.0")
+
+      def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "value": tfds.features.Scalar(dtype=np.float32)}))
+
+      def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples()}
+
+      def _generate_examples(self):
+        for i in range(6):
+          yield i, {"value": np.float32(i / 2)}
+
+    Digits(data_dir=tmp_path).download_and_prepare()
+  source = tfds_jax.load("digits", "train", data_dir=tmp_path, cache=False)
+  assert set(source.data) == {"value"} and source.num_records == 6
+  np.testing.assert_array_equal(np.sort(np.asarray(source.data["value"])), np.arange(6) / 2)
+  assert tfds_jax.load("digits:2.0.0", "train", data_dir=tmp_path, cache=False).num_records == 6
+
+
+def _corrupt_middle(path, n=64):
+  raw = bytearray(path.read_bytes())
+  for i in range(len(raw) // 2, len(raw) // 2 + n):
+    raw[i] ^= 0xFF
+  path.write_bytes(bytes(raw))
+
+
+def test_damaged_prepared_files_are_named(tmp_path):
+  tfds_builders.ToyImages(data_dir=tmp_path).download_and_prepare()
+  shard = next((tmp_path / "toy_images").rglob("*train.tfrecord*"))
+  _corrupt_middle(shard)
+  with pytest.raises(tfds_jax.RecordError, match=f"Expected readable TFRecord files of toy_images\\[train\\], got DataLossError: .*corrupted record at .* in {shard}"):
+    tfds_jax.load("toy_images", "train", data_dir=tmp_path, exclude_keys=["id"], cache=False)
+
+
 def test_device_placement(data_dir):
   device = jax.devices()[-1]
   source = tfds_jax.load("toy_images", "train", data_dir=data_dir, as_supervised=True, device=device)

@@ -4,6 +4,7 @@ Sources are immutable pytrees of arrays; iteration state is a separate
 ``SourceState`` pytree; ``init``, ``next_batch`` and ``batch_at`` are pure.
 """
 
+from tfds_jax._array_record import RecordError
 from tfds_jax._checkpoint import state_from_dict
 from tfds_jax._checkpoint import state_to_dict
 from tfds_jax._drivers import run_epochs
@@ -55,6 +56,7 @@ __all__ = [
     "FixedShape",
     "PRNGKey",
     "Pipeline",
+    "RecordError",
     "Source",
     "SourceState",
     "Stage",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import logging
 import os
 import sys
 import threading
@@ -22,9 +23,31 @@ import numpy as np
 
 from tfds_jax import _cache
 from tfds_jax import _features
+from tfds_jax import _source
 from tfds_jax import _tfds
 
 _PARALLEL_RECORDS = 32  # records decoded concurrently inside one TF call
+_PREPARE_AGAIN = "prepare the dataset again (its files are damaged): `tfds-jax prepare NAME` into a fresh data_dir"
+log = logging.getLogger("tfds_jax")
+
+
+class RecordError(RuntimeError):
+  """Records of a batch could not be read or decoded; nothing was skipped.
+
+  The message names each failing record (its file and index in the file, and
+  the error). A stream stays usable: ``next_state`` (set by ``next_batch``) is
+  the state after the failing batch, so a loop can log the error and go on
+  from there, or stop.
+
+  Attributes:
+    records: ``(file, index in file)`` of each failing record, where known.
+    next_state: the :class:`SourceState` after the failing batch, or None.
+  """
+
+  def __init__(self, message: str, records=()):
+    super().__init__(message)
+    self.records = list(records)
+    self.next_state = None
 
 
 def record_decoder(b, keys: list[str], *, decoders: Mapping[str, Any] | None,
@@ -68,22 +91,45 @@ class Records:
   def __init__(self, instructions):
     self._files = [os.fspath(fi.filename) for fi in instructions]
     self._skips = [int(fi.skip) for fi in instructions]
-    self._starts = np.cumsum([0] + [int(fi.take) for fi in instructions])
+    self._takes = [int(fi.take) for fi in instructions]
+    self._starts = np.cumsum([0] + self._takes)
     self._readers: list[Any] = [None] * len(self._files)
     self._opening = threading.Lock()
 
   def __len__(self) -> int:
     return int(self._starts[-1])
 
+  def locate(self, index: int) -> tuple[str, int]:
+    """``(file, index in that file)`` of record ``index`` of the split."""
+    f = int(np.searchsorted(self._starts, index, side="right") - 1)
+    return self._files[f], int(index - self._starts[f] + self._skips[f])
+
   def read(self, indices) -> list[bytes]:
-    """The serialized records at ``indices`` (ints in ``[0, len)``), in that order."""
+    """The serialized records at ``indices`` (ints in ``[0, len)``), in that order.
+
+    Raises:
+      RecordError: a file is damaged or truncated (it names the file).
+    """
     indices = np.asarray(indices, np.int64).reshape(-1)
     files = np.searchsorted(self._starts, indices, side="right") - 1
     records: list[bytes] = [b""] * len(indices)
     for f in np.unique(files).tolist():
       rows = np.flatnonzero(files == f)
       positions = (indices[rows] - self._starts[f] + self._skips[f]).tolist()
-      for row, record in zip(rows.tolist(), self._reader(f).read(positions)):
+      try:
+        got = self._reader(f).read(positions)
+      except RecordError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except  # riegeli reports damage as RuntimeError
+        raise RecordError(
+            f"Expected a readable ArrayRecord file {self._files[f]}, got {type(e).__name__}: {e}"
+            f" (reading its records {positions[:8]}); {_PREPARE_AGAIN}.",
+            [(self._files[f], p) for p in positions]) from e
+      if len(got) != len(positions):
+        raise RecordError(
+            f"Expected {len(positions)} records from ArrayRecord file {self._files[f]}, got"
+            f" {len(got)}; {_PREPARE_AGAIN}.", [(self._files[f], p) for p in positions])
+      for row, record in zip(rows.tolist(), got):
         records[row] = record
     return records
 
@@ -91,17 +137,36 @@ class Records:
     with self._opening:
       if self._readers[f] is None:
         from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
-        self._readers[f] = array_record_module.ArrayRecordReader(  # as tfds.data_source opens them
-            self._files[f], options="readahead_buffer_size:0", file_reader_buffer_size=32768)
+        try:
+          reader = array_record_module.ArrayRecordReader(  # as tfds.data_source opens them
+              self._files[f], options="readahead_buffer_size:0", file_reader_buffer_size=32768)
+          count = reader.num_records()
+        except Exception as e:  # pylint: disable=broad-except
+          raise RecordError(f"Expected a readable ArrayRecord file {self._files[f]}, got"
+                            f" {type(e).__name__}: {e}; {_PREPARE_AGAIN}.") from e
+        need = self._skips[f] + self._takes[f]
+        if count < need:  # a truncated file opens with fewer records and reads b"" beyond them
+          _close(reader, self._files[f])
+          raise RecordError(
+              f"Expected ArrayRecord file {self._files[f]} to hold at least {need} records (from"
+              f" the dataset info), got {count}: it is truncated or damaged; {_PREPARE_AGAIN}.")
+        self._readers[f] = reader
       return self._readers[f]
 
   def close(self) -> None:
-    """Closes the files opened so far."""
+    """Closes the files opened so far; never raises (a damaged file is logged)."""
     with self._opening:
-      for reader in self._readers:
+      for file, reader in zip(self._files, self._readers):
         if reader is not None:
-          reader.close()
+          _close(reader, file)
       self._readers = [None] * len(self._files)
+
+
+def _close(reader, file: str) -> None:
+  try:
+    reader.close()
+  except Exception as e:  # pylint: disable=broad-except  # a damaged file fails its close too
+    log.warning("closing %s failed (%s: %s); the file may be damaged", file, type(e).__name__, e)
 
 
 class RandomAccessReader:
@@ -182,8 +247,8 @@ class RandomAccessReader:
     """Decodes ``records`` (read at ``indices``) in one TensorFlow call, batched.
 
     Raises:
-      RuntimeError: decoding failed; the message names the first failing
-        record's index and the original error.
+      RecordError: decoding failed; the message names every failing record
+        (index in the split, file and index in the file) and its error.
     """
     tf, _ = _tfds.import_tf()
     serialized = tf.constant(records, tf.string)
@@ -191,18 +256,8 @@ class RandomAccessReader:
       with self._decoding:  # one batch decodes at a time, on all cores: batches finish in order
         return self._decode_batch(serialized)
     except tf.errors.OpError as e:
-      indices = [int(i) for i in indices]
-      for index, record in zip(indices, records):  # find the record to blame
-        try:
-          self._one(tf.constant(record, tf.string))
-        except tf.errors.OpError as single:
-          raise RuntimeError(
-              f"Expected to decode record {index} of {self.label}, got"
-              f" {type(single).__name__}: {_tfds.tf_error_text(single)};"
-              " check the decoders or preprocess function for this record, or prepare"
-              " the dataset again if its files are damaged.") from single
-      raise RuntimeError(f"Expected to decode records {indices[:8]}... of {self.label},"
-                         f" got {type(e).__name__}: {_tfds.tf_error_text(e)}") from e
+      names = [(self._where(int(i)), self._raw.locate(int(i))) for i in indices]
+      raise blame(self._one, names, records, self.label, e) from e
 
   def finish(self, indices, tensors: Mapping[str, Any], truncated: dict) -> dict:
     """A decoded batch checked against the plan: feature path -> tensor (no bookkeeping).
@@ -213,20 +268,64 @@ class RandomAccessReader:
       ValueError: a record exceeds its fixed size (the message names it).
     """
     indices = np.asarray(indices).reshape(-1)
-    return _features.flatten(_features.check(
-        self.plan, tensors, lambda row: f"record {int(indices[row])}", truncated))
+    return _features.flatten(_features.check(self.plan, tensors, lambda row: self._where(int(indices[row])),
+                                             truncated))
+
+  def _where(self, index: int) -> str:
+    file, position = self._raw.locate(index)
+    return f"record {index} ({os.path.basename(file)}, record {position})"
 
   def read(self, indices: np.ndarray) -> tuple[dict, dict]:
     """The decoded records at ``indices``: feature path -> numpy array in JAX's dtypes, and
     feature path -> records truncated."""
     truncated: dict = {}
     tensors = self.finish(indices, self.decode(indices, self.records(indices)), truncated)
-    return {p: _tfds.to_jax_dtype(_features.name(p), v.numpy(), self.spec[p][1], self.label)
+    return {p: _source.to_jax_dtype(_features.name(p), v.numpy(), self.spec[p][1], self.label)
             for p, v in tensors.items()}, truncated
 
   def close(self) -> None:
     """Closes the ArrayRecord files."""
     self._raw.close()
+
+
+def blame(one: Callable, names: list[tuple[str, tuple[str, int]]], records: list[bytes],
+          label: str, error: Exception | None) -> RecordError:
+  """The error for a batch whose decode failed: each record decoded alone to name
+  the failing ones (``names``: a description and ``(file, index)`` per record)."""
+  tf, _ = _tfds.import_tf()
+  failed = []
+  for (name, where), record in zip(names, records):
+    try:
+      one(tf.constant(record, tf.string))
+    except tf.errors.OpError as single:
+      failed.append((name, where, f"{type(single).__name__}: {_tfds.tf_error_text(single)}"))
+  if not failed:  # only the batch as a whole fails (shapes that differ between records, say)
+    why = "" if error is None else f" ({type(error).__name__}: {_tfds.tf_error_text(error)})"
+    return RecordError(
+        f"Expected to decode a batch of {len(records)} records of {label}, got an error for the"
+        f" batch{why} although each record decodes alone; make preprocess return one shape for"
+        " every record.", [w for _, w in names])
+  listed = "; ".join(f"{name}: {why}" for name, _, why in failed[:5])
+  more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
+  return RecordError(
+      f"Expected to decode every record of the batch, got {len(failed)} of {label} that fail:"
+      f" {listed}{more}; check the decoders or preprocess function for those records, or prepare"
+      " the dataset again if its files are damaged.", [w for _, w, _ in failed])
+
+
+def damaged(b, split: str, label: str, error: Exception, context: str) -> RecordError:
+  """The error for TFRecord files of ``b[split]`` that TensorFlow could not read,
+  naming the file(s) the damage can be in (TFRecord gives a byte offset only)."""
+  import re  # pylint: disable=import-outside-toplevel
+  text = _tfds.tf_error_text(error)
+  files = [os.fspath(fi.filename) for fi in b.info.splits[split].file_instructions]
+  at = re.search(r"corrupted record at (\d+)", text)
+  if at:  # only the files that long can hold it
+    files = [f for f in files if os.path.exists(f) and os.path.getsize(f) > int(at.group(1))] or files
+  where = files[0] if len(files) == 1 else f"one of {files[:5]}" + (" ..." if len(files) > 5 else "")
+  return RecordError(
+      f"Expected readable TFRecord files of {label}, got {type(error).__name__}: {text} in {where}"
+      f" ({context}); {_PREPARE_AGAIN}.", [(f, None) for f in files])
 
 
 def read_all(reader: RandomAccessReader, *, num_threads: int = 2,

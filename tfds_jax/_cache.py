@@ -3,23 +3,30 @@
 An entry is a directory of ``.npy`` files (one per feature) and a ``meta.json``
 that names what it holds (the load request: dataset, split, keys, mode; and the
 version and config it resolved to), a fingerprint of the prepared files it was
-decoded from, and a sampled digest of each array file. Reading an entry needs
-no TensorFlow. An entry is written in a temporary directory and renamed into
-place, so a crash never leaves a half-written entry that looks valid; one that
-is stale (the dataset was prepared again) or damaged (truncated, overwritten)
-is detected on read, reported, and rebuilt.
+decoded from, and CRC-32 checksums covering every byte of each array file (its
+header, then each 4 MiB block of its data), checked while the bytes are read
+anyway; ``meta.json`` carries a checksum of its own content. Reading an entry
+needs no TensorFlow. An entry is written in a temporary directory and renamed
+into place, so a crash never leaves a half-written entry that looks valid, and
+the temporary directories of writers that died (``kill -9``) on this machine
+are removed by the next load. An entry that is stale (the dataset was prepared
+again) or damaged (any byte changed, truncated, extended) is detected on read,
+reported, and rebuilt.
 
 Buffers are 64-byte aligned so that JAX on the CPU adopts them without a copy.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import logging
 import os
 import shutil
+import socket
 import threading
+import zlib
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -27,10 +34,10 @@ import numpy as np
 
 log = logging.getLogger("tfds_jax")
 
-FORMAT = 1
+FORMAT = 2
 _ALIGN = 64
-_SAMPLE_BLOCKS = 16
-_SAMPLE_BYTES = 1 << 16
+_BLOCK = 4 << 20  # bytes per checksum: small enough to stay in cache between read and check
+_HOST = "".join(c if c.isalnum() or c in "-_." else "_" for c in socket.gethostname()) or "host"
 
 
 def root() -> Path:
@@ -66,21 +73,18 @@ def entry_dir(key: Mapping[str, Any]) -> Path:
   return root() / name / digest
 
 
-def _sampled_digest(path: Path) -> str:
-  """blake2b of the file size and 16 evenly spaced 64 KiB blocks (whole file if small)."""
-  size = path.stat().st_size
-  h = hashlib.blake2b(str(size).encode(), digest_size=16)
-  with open(path, "rb") as f:
-    if size <= _SAMPLE_BLOCKS * _SAMPLE_BYTES:
-      h.update(f.read())
-    else:
-      for i in range(_SAMPLE_BLOCKS):
-        f.seek((size - _SAMPLE_BYTES) * i // (_SAMPLE_BLOCKS - 1))
-        h.update(f.read(_SAMPLE_BYTES))
-  return h.hexdigest()
+def _checksums(header: bytes, data: memoryview) -> list[int]:
+  """CRC-32 of the header, then of each ``_BLOCK`` bytes of the data."""
+  return [zlib.crc32(header)] + [zlib.crc32(data[i:i + _BLOCK]) for i in range(0, len(data), _BLOCK)]
 
 
-def _read_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+def _read_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype, checksums: list[int],
+              pool: concurrent.futures.Executor) -> np.ndarray:
+  """Reads a ``.npy`` file into an aligned array, checking every byte against ``checksums``.
+
+  Each block's checksum is computed on ``pool`` while the next block is read
+  (both release the GIL), so checking costs little more than reading.
+  """
   with open(path, "rb") as f:
     version = np.lib.format.read_magic(f)
     read_header = {(1, 0): np.lib.format.read_array_header_1_0,
@@ -90,12 +94,30 @@ def _read_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray
     got_shape, fortran, got_dtype = read_header(f)
     if tuple(got_shape) != shape or got_dtype != dtype or fortran:
       raise ValueError(f"header says {got_dtype}{list(got_shape)}, meta says {dtype}{list(shape)}")
+    offset = f.tell()
+    f.seek(0)
+    got = [zlib.crc32(f.read(offset))]
     out = aligned_empty(shape, dtype)
     view = memoryview(out.reshape(-1).view(np.uint8))
-    got = f.readinto(view)
-    if got != out.nbytes or f.read(1):
-      raise ValueError(f"holds {got} data bytes, expected {out.nbytes}")
+    crcs = []
+    for start in range(0, len(view), _BLOCK):  # check each block while it is still in cache
+      block = view[start:start + _BLOCK]
+      if f.readinto(block) != len(block):
+        raise ValueError(f"holds fewer data bytes than the {out.nbytes} expected")
+      crcs.append(pool.submit(zlib.crc32, block))
+    if f.read(1):
+      raise ValueError(f"holds more data bytes than the {out.nbytes} expected")
+  got += [c.result() for c in crcs]
+  if got != checksums:
+    bad = next((i for i, (a, b) in enumerate(zip(got, checksums)) if a != b), 0)
+    where = "its header" if bad == 0 else f"bytes {(bad - 1) * _BLOCK} to {bad * _BLOCK} of its data"
+    raise ValueError(f"{path.name} does not match its checksums ({where} changed)")
   return out
+
+
+def _meta_checksum(meta: Mapping[str, Any]) -> int:
+  return zlib.crc32(json.dumps({k: v for k, v in meta.items() if k != "checksum"},
+                               sort_keys=True).encode())
 
 
 def tree_fingerprint(path: str | os.PathLike) -> str:
@@ -126,6 +148,7 @@ def read(key: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]
   """
   flush(key)
   path = entry_dir(key)
+  remove_orphans(path.parent)
   meta_path = path / "meta.json"
   if not meta_path.exists():
     return None
@@ -133,20 +156,21 @@ def read(key: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]
     meta = json.loads(meta_path.read_text())
     if meta.get("format") != FORMAT or meta.get("key") != json.loads(json.dumps(key)):
       raise ValueError("it was written for another key or cache format")
+    if meta.get("checksum") != _meta_checksum(meta):
+      raise ValueError("meta.json does not match its checksum")
     if tree_fingerprint(meta["tree"]) != meta["fingerprint"]:
-      log.warning("tfds_jax: cache at %s is stale (the dataset in %s changed); rebuilding it.",
+      log.warning("cache at %s is stale (the dataset in %s changed); rebuilding it.",
                   path, meta["tree"])
       shutil.rmtree(path, ignore_errors=True)
       return None
     arrays = {}
-    for feature in meta["features"]:
-      file = path / feature["file"]
-      if _sampled_digest(file) != feature["digest"]:
-        raise ValueError(f"{file.name} does not match its recorded digest")
-      arrays[feature["name"]] = _read_npy(file, tuple(feature["shape"]), np.dtype(feature["dtype"]))
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+      for feature in meta["features"]:
+        arrays[feature["name"]] = _read_npy(path / feature["file"], tuple(feature["shape"]),
+                                            np.dtype(feature["dtype"]), feature["checksums"], pool)
     return arrays, meta["extra"]
   except (OSError, ValueError, KeyError, TypeError) as e:
-    log.warning("tfds_jax: cache at %s is damaged (%s); rebuilding it.", path, e)
+    log.warning("cache at %s is damaged (%s); rebuilding it.", path, e)
     shutil.rmtree(path, ignore_errors=True)
     return None
 
@@ -210,19 +234,25 @@ def write(key: Mapping[str, Any], arrays: Mapping[str, np.ndarray], tree: str | 
   """
   path = entry_dir(key)
   path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+  remove_orphans(path.parent)
+  tmp = path.parent / f".{path.name}{_TMP}{_HOST}-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   tmp.mkdir()
   try:
     features = []
     for i, (name, array) in enumerate(arrays.items()):
       file = tmp / f"{i}.npy"
+      array = np.ascontiguousarray(array)
       with open(file, "wb") as f:
-        np.lib.format.write_array(f, np.ascontiguousarray(array), allow_pickle=False)
+        np.lib.format.write_array(f, array, allow_pickle=False)
+      data = memoryview(array.reshape(-1).view(np.uint8))
+      with open(file, "rb") as f:
+        header = f.read(file.stat().st_size - len(data))
       features.append({"name": name, "file": file.name, "shape": list(array.shape),
-                       "dtype": np.dtype(array.dtype).str, "digest": _sampled_digest(file)})
+                       "dtype": np.dtype(array.dtype).str, "checksums": _checksums(header, data)})
     meta = {"format": FORMAT, "key": key, "tree": os.fspath(tree), "fingerprint": fingerprint,
             "extra": extra, "features": features}
+    meta["checksum"] = _meta_checksum(json.loads(json.dumps(meta)))
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
@@ -230,3 +260,32 @@ def write(key: Mapping[str, Any], arrays: Mapping[str, np.ndarray], tree: str | 
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return path
+
+
+_TMP = ".tmp-"
+
+
+def remove_orphans(directory: Path) -> None:
+  """Removes the temporary entries in ``directory`` of writers on this machine
+  that are no longer running (killed mid-write); never raises."""
+  try:
+    names = [n for n in os.listdir(directory) if n.startswith(".") and _TMP in n]
+  except OSError:
+    return
+  for name in names:
+    owner = name.rsplit(_TMP, 1)[1]
+    host, _, pid = owner.rpartition("-")
+    if (host or _HOST) != _HOST or not pid.isdigit() or _alive(int(pid)):
+      continue
+    log.info("removing %s, left by process %s that stopped while writing it", directory / name, pid)
+    shutil.rmtree(directory / name, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:  # no permission: it exists
+    return True
+  return True

@@ -102,11 +102,52 @@ def _check_static(max_index: int, rounds: int) -> None:
     )
 
 
+def wrap(index: jax.typing.ArrayLike, size: int) -> jax.Array:
+  """Returns ``index mod size`` as uint32, for any integer array (total).
+
+  Python's modulo: a negative index counts from the end (``-1`` is
+  ``size - 1``). Indices already in ``[0, size)`` are returned unchanged, so
+  valid positions never change; invalid ones (a state of another dataset, say)
+  land in range instead of reading outside the data or cycle-walking forever.
+
+  Args:
+    index: integer array, any shape (may be traced).
+    size: the modulus, a static int in ``[1, 2**32]``.
+
+  Returns:
+    uint32 array shaped like ``index``.
+
+  Raises:
+    TypeError: if ``index`` is not an integer array (dtypes are static, so this
+      holds under ``jit`` too).
+
+  Example:
+    >>> wrap(jnp.array([-1, 3, 12]), 10).tolist()
+    [9, 3, 2]
+  """
+  index = jnp.asarray(index)
+  if not jnp.issubdtype(index.dtype, jnp.integer):
+    raise TypeError(f"Expected an integer index, got dtype {index.dtype}; positions are whole"
+                    " numbers: cast them with .astype(jnp.int32).")
+  if index.dtype.itemsize == 8:  # x64: exact in 64 bits
+    return (index % size).astype(_U32)
+  u = index.astype(_U32)  # two's complement: index mod 2**32
+  if size == 2**32:
+    return u
+  r = u % _U32(size)
+  if jnp.issubdtype(index.dtype, jnp.signedinteger):
+    c = 2**32 % size  # a negative index is u - 2**32: take 2**32 mod size back off
+    r = jnp.where(index < 0, jnp.where(r >= c, r - _U32(c), r + _U32(size - c)), r)
+  return r
+
+
 def permute(index: jax.Array, keys: list[jax.Array], max_index: int) -> jax.Array:
   """Maps ``index`` through the cipher with precomputed ``round_keys``.
 
-  ``index_shuffle`` is ``permute(index, round_keys(seed, rounds), max_index)``;
-  callers that shuffle many indices with a few seeds compute the keys once.
+  ``index_shuffle`` is ``permute(wrap(index, max_index + 1), round_keys(seed,
+  rounds), max_index)``; callers that shuffle many indices with a few seeds
+  compute the keys once. The indices must be in range (the cycle-walk ends
+  only for those): use :func:`wrap` on any other.
 
   Args:
     index: uint32 indices in ``[0, max_index]``, any shape.
@@ -168,7 +209,8 @@ def walk_passes(max_index: int, count: int) -> int:
 def _index_shuffle(index, seed, max_index, rounds):
   keys = round_keys(seed, rounds)  # from the seed as given, often a scalar
   shape = jnp.broadcast_shapes(index.shape, seed.shape)
-  return permute(jnp.broadcast_to(index, shape), keys, max_index)
+  index = wrap(jnp.broadcast_to(index, shape), max_index + 1)  # in range: the walk ends
+  return permute(index, keys, max_index)
 
 
 def index_shuffle(
@@ -189,9 +231,13 @@ def index_shuffle(
   Pure jnp with uint32 arithmetic: works under ``jit`` and ``vmap`` and with x64
   disabled, and uses O(1) memory per index.
 
+  Total: an index outside ``[0, max_index]`` is first reduced modulo
+  ``max_index + 1`` (Python's modulo, so ``-1`` is ``max_index``), so every
+  input terminates and lands in range; indices in range are unchanged.
+
   Args:
-    index: int array of indices in ``[0, max_index]``, any shape. Values outside
-      that range give unspecified results.
+    index: integer array of indices in ``[0, max_index]``, any shape (others
+      are reduced modulo ``max_index + 1``).
     seed: uint32 seed(s) broadcastable to ``index``.
     max_index: largest index (dataset size minus one), a static Python int below
       ``2**32``.
@@ -201,8 +247,9 @@ def index_shuffle(
     uint32 array with the broadcast shape of ``index`` and ``seed``.
 
   Raises:
-    TypeError: if ``max_index`` is not a Python int.
-    ValueError: if ``max_index`` or ``rounds`` is out of range.
+    TypeError: if ``max_index`` is not a Python int, or ``index`` or ``seed``
+      is not an integer array.
+    ValueError: if ``max_index``, ``rounds`` or an int ``seed`` is out of range.
 
   Example:
     >>> import jax.numpy as jnp
@@ -215,4 +262,7 @@ def index_shuffle(
   if isinstance(seed, int) and not 0 <= seed < 2**32:
     raise ValueError(f"Expected a seed in [0, 2**32), got {seed}; reduce it modulo 2**32.")
   seed = jnp.asarray(seed, _U32) if isinstance(seed, int) else jnp.asarray(seed)
+  if not jnp.issubdtype(seed.dtype, jnp.integer):
+    raise TypeError(f"Expected an integer (uint32) seed, got dtype {seed.dtype}; pass an int in"
+                    " [0, 2**32) or a uint32 array.")
   return _index_shuffle(jnp.asarray(index), seed, max_index, rounds)

@@ -10,12 +10,22 @@ record ``i`` of epoch ``e`` with ``(e, i) = divmod(p, n)``. Unshuffled, that is
 record ``i``; shuffled with seed ``s``, it is record
 ``index_shuffle(i, (s + e) mod 2**32, n - 1)``, which is exactly the order of
 ``grain.MapDataset.source(records).shuffle(seed=s)``.
+
+States are checked wherever their values are concrete (eager calls): an
+``index`` outside ``[0, n)``, a negative ``epoch`` or a non-integer dtype is an
+error. Inside ``jit`` nothing can raise, so the index math is total instead: a
+traced state ``(epoch, index)`` is read as ``(epoch, index mod n)`` (Python's
+modulo: a negative index counts from the end of the epoch), the returned state
+is that position advanced (valid from then on), and a read never leaves the
+data and never hangs. Dtypes are static, so a float state is an error even
+under ``jit``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import weakref
 from typing import Any, Mapping, NamedTuple
 
 import jax
@@ -90,6 +100,47 @@ def _path_name(path) -> str:
   return _features.name(tuple(k.key for k in path))
 
 
+def _arrays(source: Any) -> Mapping[str, jax.Array]:
+  """The arrays of a :class:`Source` or of a dict of arrays; a clear error for anything else."""
+  if isinstance(source, Source):
+    return source.data
+  if (isinstance(source, Mapping) and source
+      and all(getattr(v, "ndim", 0) >= 1 for v in jax.tree.leaves(source))):
+    return source
+  raise TypeError(
+      f"Expected a Source, Pipeline or Stream (or a dict of arrays with a leading record axis),"
+      f" got {_describe(source)}; make a source with tfds_jax.from_arrays({{'x': array}}),"
+      " load or stream.")
+
+
+def _describe(value: Any) -> str:
+  shape = getattr(value, "shape", None)
+  text = repr(value) if shape is None else f"shape {tuple(shape)}"
+  return f"{type(value).__name__} {text[:80]}"
+
+
+def to_jax_dtype(key: str, value: np.ndarray, target: np.dtype, label: str) -> np.ndarray:
+  """``value`` in ``target`` dtype; integers that do not fit are an error, never wrapped."""
+  if value.dtype == target:
+    return value
+  if np.issubdtype(value.dtype, np.integer) and value.size:
+    bounds = np.iinfo(target)
+    if value.min() < bounds.min or value.max() > bounds.max:
+      raise ValueError(
+          f"Expected feature {key} of {label} to fit {target} (JAX's integer type"
+          f" with x64 disabled), got values in [{value.min()}, {value.max()}]; enable"
+          " jax_enable_x64 before loading, or exclude the feature.")
+  return value.astype(target)
+
+
+def check_device(device: Any) -> None:
+  """Raises unless ``device`` is None, a ``jax.Device`` or a ``jax.sharding.Sharding``."""
+  if device is not None and not isinstance(device, (jax.Device, jax.sharding.Sharding)):
+    raise TypeError(
+        f"Expected device to be None, a jax.Device or a jax.sharding.Sharding, got"
+        f" {_describe(device)}; pass for example jax.devices('cpu')[0].")
+
+
 def from_arrays(
     arrays: Mapping[str, jax.typing.ArrayLike],
     *,
@@ -112,9 +163,12 @@ def from_arrays(
     A :class:`Source` holding the arrays as ``jax.Array``.
 
   Raises:
-    ValueError: if ``arrays`` is empty, a feature is a scalar, the leading axes
-      differ, or there are no records.
-    TypeError: if a key is not a string or a feature is not numeric.
+    ValueError: if ``arrays`` is empty, a feature is a scalar or ragged
+      (nested lists of several shapes), the leading axes differ, there are no
+      records, or integers do not fit JAX's dtype (int64 values beyond int32
+      with x64 disabled: never wrapped, as in :func:`load`).
+    TypeError: if a key is not a string, a feature is not numeric, or
+      ``device`` is not a device or sharding.
 
   Example:
     >>> import numpy as np
@@ -128,12 +182,22 @@ def from_arrays(
         f"Expected a non-empty dict of feature name -> array, got {arrays!r};"
         " pass for example {'image': images, 'label': labels}."
     )
-  arrays = _as_arrays(arrays)
+  check_device(device)
+  label = f"{name}[{split}]" if name else "from_arrays"
   lengths = {}
-  for path, value in jax.tree_util.tree_flatten_with_path(arrays)[0]:
-    key = _path_name(path)
+  converted = {}
+  for path, value in _flat_arrays(arrays).items():
+    key = _features.name(path)
+    if not isinstance(value, jax.Array):
+      try:
+        value = np.asarray(value)
+      except (ValueError, TypeError) as e:
+        raise ValueError(
+            f"Expected feature {key} to be an array (or nested lists of one shape), got ragged"
+            f" {type(value).__name__} ({e}); pad its records to one shape, or give each shape"
+            " its own source.") from None
     dtype = value.dtype
-    if not (np.issubdtype(dtype, np.number) or np.issubdtype(dtype, np.bool_)):
+    if not (jnp.issubdtype(dtype, jnp.number) or jnp.issubdtype(dtype, jnp.bool_)):
       raise TypeError(
           f"Expected a numeric or bool array for feature {key}, got dtype"
           f" {dtype}; JAX arrays hold numbers only: encode it as integer ids or"
@@ -145,8 +209,10 @@ def from_arrays(
           f"Expected feature {key} to have a leading record axis, got a scalar;"
           " give it shape [num_records, ...]."
       )
-    keys = tuple(k.key for k in path)
-    lengths[keys[0] if len(keys) == 1 else keys] = shape[0]
+    lengths[path[0] if len(path) == 1 else path] = shape[0]
+    if isinstance(value, np.ndarray):  # JAX's dtype: int64 -> int32 with x64 off, never wrapped
+      value = to_jax_dtype(key, value, np.dtype(jax.dtypes.canonicalize_dtype(dtype)), label)
+    converted[path] = value
   if len(set(lengths.values())) > 1:
     raise ValueError(
         f"Expected every feature to have the same number of records (leading"
@@ -158,22 +224,23 @@ def from_arrays(
         f"Expected between 1 and 2**31 - 1 records, got {n}; give at least one"
         " record, or shard larger datasets."
     )
-  data = jax.tree.map(lambda v: jax.device_put(v, device), arrays)
+  data = jax.tree.map(lambda v: jax.device_put(v, device), _features.unflatten(converted))
   return Source(data=data, name=name, split=split, info=info)
 
 
-def _as_arrays(tree: Mapping[str, Any]) -> dict[str, Any]:
-  """A nested dict of numpy or JAX arrays; keys must be strings, dicts non-empty."""
+def _flat_arrays(tree: Mapping[str, Any], prefix: tuple = ()) -> dict[tuple, Any]:
+  """``{path: array-like}`` of a nested dict; keys must be strings, dicts non-empty."""
   out = {}
   for key, value in tree.items():
     if not isinstance(key, str):
       raise TypeError(f"Expected feature names to be str, got {key!r}; rename it.")
     if isinstance(value, Mapping):
       if not value:
-        raise ValueError(f"Expected feature {key!r} to hold arrays, got an empty dict; leave it out.")
-      out[key] = _as_arrays(value)
+        raise ValueError(f"Expected feature {_features.name(prefix + (key,))} to hold arrays, got"
+                         " an empty dict; leave it out.")
+      out.update(_flat_arrays(value, prefix + (key,)))
     else:
-      out[key] = value if isinstance(value, jax.Array) else np.asarray(value)
+      out[prefix + (key,)] = value
   return out
 
 
@@ -188,6 +255,9 @@ def element_spec(source: Source | Mapping[str, jax.Array]) -> dict[str, jax.Shap
     feature name -> ``jax.ShapeDtypeStruct`` of a single record (nested as
     the data is).
 
+  Raises:
+    TypeError: if ``source`` is none of those.
+
   Example:
     >>> import numpy as np, tfds_jax
     >>> tfds_jax.element_spec(tfds_jax.from_arrays({"x": np.zeros((4, 2), np.float32)}))
@@ -195,8 +265,7 @@ def element_spec(source: Source | Mapping[str, jax.Array]) -> dict[str, jax.Shap
   """
   if _has_methods(source):
     return source.element_spec()
-  data = source.data if isinstance(source, Source) else source
-  return jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape[1:], v.dtype), data)
+  return jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape[1:], v.dtype), _arrays(source))
 
 
 def _has_methods(source: Any) -> bool:
@@ -217,6 +286,8 @@ def as_seed(seed: int | jax.typing.ArrayLike) -> jax.Array:
 
   Raises:
     ValueError: for an int outside ``[0, 2**32)`` or an array of another shape.
+    TypeError: for anything but an int, an integer array or a JAX key (a
+      string, a float, a bool).
 
   Example:
     >>> import jax, tfds_jax
@@ -225,8 +296,10 @@ def as_seed(seed: int | jax.typing.ArrayLike) -> jax.Array:
     >>> tfds_jax.as_seed(jax.random.key(0)).dtype
     dtype('uint32')
   """
-  if isinstance(seed, (bool, np.bool_)):
-    raise TypeError(f"Expected an int seed or a JAX key, got {seed!r}.")
+  if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer, np.ndarray, jax.Array)):
+    raise TypeError(
+        f"Expected an int seed in [0, 2**32) or a JAX key, got {_describe(seed)}; pass for"
+        " example seed=42 or seed=jax.random.key(0).")
   if isinstance(seed, (int, np.integer)):
     if not 0 <= int(seed) < 2**32:
       raise ValueError(
@@ -274,6 +347,10 @@ def init(
   Returns:
     A :class:`SourceState` with ``epoch = index = 0``.
 
+  Raises:
+    TypeError: for a source that is none of those, or a seed that is not an
+      int, an integer array or a JAX key.
+
   Example:
     >>> import numpy as np, tfds_jax
     >>> src = tfds_jax.from_arrays({"x": np.arange(10)})
@@ -283,21 +360,92 @@ def init(
   """
   if _has_methods(source) and hasattr(source, "init"):
     return source.init(seed, shuffle)
+  n = source.num_records if _has_methods(source) else _num_records(_arrays(source))
+  seed = as_seed(seed)  # checked even when unused: a bad seed is a bug either way
   zero = jnp.zeros((), jnp.int32)
-  return SourceState(epoch=zero, index=zero, seed=as_seed(seed) if shuffle else None)
+  return issue(SourceState(epoch=zero, index=zero, seed=seed if shuffle else None), n)
 
 
 def _check_batch_size(n: int, batch_size: Any, what: str = "batch_size") -> None:
-  if isinstance(batch_size, jax.core.Tracer) or not isinstance(batch_size, (int, np.integer)):
+  if (isinstance(batch_size, (jax.core.Tracer, bool, np.bool_))
+      or not isinstance(batch_size, (int, np.integer))):
     raise TypeError(
         f"Expected {what} to be a static Python int, got {type(batch_size).__name__};"
         " mark it static: jax.jit(f, static_argnames='batch_size')."
     )
-  if not 1 <= batch_size <= n:
+  if batch_size < 1:
+    raise ValueError(f"Expected {what} >= 1, got {batch_size}; pass a positive number of records"
+                     " per batch.")
+  if batch_size > n:
     raise ValueError(
         f"Expected 1 <= {what} <= {n} (the number of records), got {batch_size};"
         " use a smaller batch, or a larger dataset or split."
     )
+
+
+# States this module handed out, by the identity of their epoch and index arrays:
+# their values are known to be valid for ``n`` records without reading them back
+# (which would wait for the device on every eager call).
+_ISSUED: dict[tuple[int, int], tuple[weakref.ref, weakref.ref, int]] = {}
+
+
+def issue(state: SourceState, n: int) -> SourceState:
+  """Returns ``state``, remembered as a valid state of ``n`` records (see :func:`check_state`)."""
+  epoch, index = state.epoch, state.index
+  if all(isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer) for x in (epoch, index)):
+    key = (id(epoch), id(index))
+    forget = lambda _, key=key: _ISSUED.pop(key, None)  # noqa: E731
+    _ISSUED[key] = (weakref.ref(epoch, forget), weakref.ref(index, forget), n)
+  return state
+
+
+def _issued(state: SourceState, n: int) -> bool:
+  entry = _ISSUED.get((id(state.epoch), id(state.index)))
+  return (entry is not None and entry[0]() is state.epoch and entry[1]() is state.index
+          and entry[2] == n)
+
+
+def check_state(state: Any, n: int, label: str = "the source") -> tuple[int, int] | None:
+  """Checks a state against a source of ``n`` records, as far as its values are known.
+
+  Types, dtypes and shapes are static and always checked (under ``jit`` too).
+  Concrete values are checked too: ``epoch >= 0`` and ``0 <= index < n``,
+  reading them back only for states this module did not hand out itself.
+
+  Returns:
+    ``(epoch, index)`` as ints if they were read, else None (traced, or known valid).
+
+  Raises:
+    TypeError: not a :class:`SourceState`, or a field of a non-integer dtype
+      or not a scalar.
+    ValueError: concrete values out of range for ``n`` records.
+  """
+  if not isinstance(state, SourceState):
+    raise TypeError(
+        f"Expected a SourceState, got {_describe(state)}; make one with tfds_jax.init(source),"
+        " or restore a saved one with tfds_jax.state_from_dict(source, saved).")
+  for field in ("epoch", "index", "seed"):
+    value = getattr(state, field)
+    if value is None and field == "seed":
+      continue
+    known = not isinstance(value, (bool, np.bool_)) and isinstance(
+        value, (int, np.generic, np.ndarray, jax.Array))
+    dtype = np.asarray(value).dtype if isinstance(value, int) else getattr(value, "dtype", None)
+    if not known or not np.issubdtype(dtype, np.integer) or np.shape(value) != ():
+      got = (f"dtype {dtype} and shape {np.shape(value)}" if known and dtype is not None
+             else _describe(value))
+      raise TypeError(
+          f"Expected the state's {field} to be an integer scalar, got {got}; make states with"
+          " tfds_jax.init, and vmap over batched states.")
+  if any(isinstance(x, jax.core.Tracer) for x in state) or _issued(state, n):
+    return None
+  epoch, index = int(state.epoch), int(state.index)
+  if epoch < 0 or not 0 <= index < n:
+    raise ValueError(
+        f"Expected a state of {label} with epoch >= 0 and 0 <= index < {n} (its number of"
+        f" records), got epoch {epoch}, index {index}; it belongs to another dataset or split:"
+        " make it with tfds_jax.init(source), or restore it with state_from_dict.")
+  return epoch, index
 
 
 def record_indices(
@@ -316,19 +464,30 @@ def record_indices(
   Args:
     num_records: dataset size ``n`` (static).
     epoch: int scalar, the epoch of the first position.
-    index: int scalar in ``[0, n)``, the first position within that epoch.
+    index: int scalar in ``[0, n)``, the first position within that epoch
+      (traced: taken modulo ``n``, as for an invalid traced state).
     size: number of positions, ``1 <= size <= n`` (static).
     seed: uint32[] seed of epoch 0, or None for sequential order.
 
   Returns:
     int32[size] record indices.
 
+  Raises:
+    ValueError: a concrete ``epoch < 0`` or ``index`` outside ``[0, n)``, or
+      ``size`` or ``num_records`` out of range.
+    TypeError: non-integer ``epoch``, ``index`` or ``seed``.
+
   Example:
     >>> import tfds_jax
     >>> tfds_jax.record_indices(5, 0, 3, 4, None).tolist()
     [3, 4, 0, 1]
   """
+  if (isinstance(num_records, (bool, np.bool_)) or not isinstance(num_records, (int, np.integer))
+      or not 1 <= num_records <= _MAX_RECORDS):
+    raise ValueError(f"Expected num_records to be an int in [1, 2**31 - 1], got {num_records!r};"
+                     " pass the dataset's size (source.num_records).")
   _check_batch_size(num_records, size, "size")
+  check_state(SourceState(epoch, index, seed), num_records, f"{num_records} records")
   return indices_at(num_records, epoch, index, jnp.arange(size, dtype=jnp.int32), seed)
 
 
@@ -343,13 +502,14 @@ def indices_at(
 
   The positions that run past the end of epoch ``e`` continue at the start of
   epoch ``e + 1``, in its order. Used for whole batches and for the slice of a
-  batch one device or process reads.
+  batch one device or process reads. Total: ``index`` is taken modulo ``n``,
+  so every record returned is in ``[0, n)``.
 
   Returns:
     int32 record indices, shaped like ``offsets``.
   """
   n = _U32(num_records)
-  j = jnp.asarray(index).astype(_U32) + jnp.asarray(offsets).astype(_U32)
+  j = _shuffle.wrap(index, num_records) + jnp.asarray(offsets).astype(_U32)
   wrapped = j >= n
   pos = jnp.where(wrapped, j - n, j)
   if seed is None:
@@ -417,6 +577,9 @@ def batch_at(
     start: the first logical position: a Python int of any size, or an integer
       scalar array (may be traced; with x64 disabled it must stay below
       ``2**31``, so for very long runs pass the int or use :func:`next_batch`).
+      A traced negative ``start`` is split by floor division like any other
+      (``-1`` is the last position of epoch ``-1``, whose seed is
+      ``(seed - 1) mod 2**32``); a concrete one is an error.
     size: records per batch, a static Python int with ``1 <= size <= n`` (a
       :class:`Pipeline` knows its own; pass it or leave it out).
     seed: None for sequential order; else an int seed, a uint32 scalar (such as
@@ -431,8 +594,10 @@ def batch_at(
     feature name -> array of shape ``[size, ...]``.
 
   Raises:
-    ValueError: if ``size`` is not in ``[1, n]`` or a Python-int ``start`` is
+    ValueError: if ``size`` is not in ``[1, n]`` or a concrete ``start`` is
       negative, or ``sharding`` does not divide the batch.
+    TypeError: if ``start`` or ``seed`` is not an integer (checked under
+      ``jit`` too), or ``data`` is not a source.
 
   Example:
     >>> import numpy as np, tfds_jax
@@ -442,7 +607,7 @@ def batch_at(
   """
   if _has_methods(data):
     return data.batch_at(start, size, seed, sharding=sharding)
-  arrays = data.data if isinstance(data, Source) else data
+  arrays = _arrays(data)
   n = _num_records(arrays)
   epoch, index = position(start, n)
   _check_batch_size(n, size, "size")
@@ -456,15 +621,37 @@ def position(start: jax.typing.ArrayLike, n: int) -> tuple[jax.Array, jax.Array]
   """(epoch, index) of logical position ``start``: ``divmod(start, n)``.
 
   A Python int may be of any size (the epoch is kept modulo ``2**32``, as the
-  shuffle seeds are); a traced one must fit the integer dtype.
+  shuffle seeds are); a traced one must fit the integer dtype, and a negative
+  one is split by floor division (index in ``[0, n)``, epoch negative). A
+  concrete array is read back and treated as the int it holds.
   """
-  if isinstance(start, (int, np.integer)):
-    if start < 0:
-      raise ValueError(f"Expected start >= 0, got {start}; positions count from 0.")
-    epoch, index = divmod(int(start), n)
-    return jnp.asarray(epoch % 2**32, dtype=_U32), jnp.asarray(index, jnp.int32)
-  start = jnp.asarray(start)
-  return start // n, start % n
+  start = check_start(start)
+  if isinstance(start, jax.core.Tracer):
+    return start // n, start % n
+  epoch, index = divmod(start, n)
+  return jnp.asarray(epoch % 2**32, dtype=_U32), jnp.asarray(index, jnp.int32)
+
+
+def check_start(start: Any) -> int | jax.Array:
+  """A start position as a Python int ``>= 0``, or the integer tracer it is.
+
+  Raises:
+    TypeError: not an integer scalar (a float, a bool, an array of another shape).
+    ValueError: a concrete negative position.
+  """
+  if isinstance(start, (bool, np.bool_)):
+    raise TypeError(f"Expected an integer start position, got {start!r}; pass an int.")
+  if not isinstance(start, (int, np.integer)):
+    start = start if isinstance(start, jax.Array) else np.asarray(start)
+    if not jnp.issubdtype(start.dtype, jnp.integer) or start.shape != ():
+      raise TypeError(
+          f"Expected start to be an integer scalar, got dtype {start.dtype} and shape"
+          f" {start.shape}; positions are whole numbers: pass an int (vmap over several).")
+    if isinstance(start, jax.core.Tracer):
+      return start
+  if start < 0:
+    raise ValueError(f"Expected start >= 0, got {int(start)}; positions count from 0.")
+  return int(start)
 
 
 def next_batch(
@@ -499,8 +686,16 @@ def next_batch(
     ``(batch, new_state)``: feature name -> ``[batch_size, ...]`` array, and the
     state after those records.
 
+  An invalid state is an error where its values are concrete (an eager call);
+  inside ``jit`` the state ``(epoch, index)`` is read as ``(epoch, index mod
+  n)`` and the result is that position's batch and state (see the module
+  docstring): it never reads outside the data and never hangs.
+
   Raises:
-    ValueError: if ``batch_size`` exceeds the number of records.
+    ValueError: if ``batch_size`` is not in ``[1, num_records]``, or a concrete
+      state has ``epoch < 0`` or ``index`` outside ``[0, num_records)``.
+    TypeError: if ``state`` is not a :class:`SourceState` of integer scalars,
+      or ``source`` is not a source.
 
   Example:
     >>> import numpy as np, tfds_jax
@@ -513,15 +708,21 @@ def next_batch(
   """
   if _has_methods(source):
     return source.next_batch(state, batch_size, sharding=sharding)
-  arrays = source.data if isinstance(source, Source) else source
+  arrays = _arrays(source)
   n = _num_records(arrays)
   _check_batch_size(n, batch_size)
+  check_state(state, n, _label(source))
   if sharding is None:
     batch, epoch, index = _next(arrays, state.epoch, state.index, batch_size, state.seed)
   else:
     batch = sharded((arrays, state.epoch, state.index, state.seed), batch_size, sharding)
     epoch, index = advance(n, state.epoch, state.index, batch_size)
-  return batch, SourceState(epoch=epoch, index=index, seed=state.seed)
+  return batch, issue(SourceState(epoch=epoch, index=index, seed=state.seed), n)
+
+
+def _label(source: Any) -> str:
+  name = getattr(source, "name", None)
+  return f"{name}[{getattr(source, 'split', None)}]" if name else "the source"
 
 
 @functools.partial(jax.jit, static_argnames="batch_size")
@@ -533,8 +734,9 @@ def _next(data, epoch, index, batch_size, seed):
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def advance(n: int, epoch, index, size: int) -> tuple[jax.Array, jax.Array]:
   """(epoch, index) after ``size`` more positions: int32 scalars (jitted: one
-  dispatch when called eagerly, inlined inside ``jit``)."""
-  advanced = jnp.asarray(index).astype(_U32) + _U32(size)
+  dispatch when called eagerly, inlined inside ``jit``). Total: ``index`` is
+  taken modulo ``n`` first, so the result is always a valid state."""
+  advanced = _shuffle.wrap(index, n) + _U32(size)
   wrapped = advanced >= _U32(n)
   epoch = (epoch + wrapped).astype(jnp.int32)
   return epoch, jnp.where(wrapped, advanced - _U32(n), advanced).astype(jnp.int32)

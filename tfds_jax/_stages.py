@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tfds_jax import _features as _feat
+from tfds_jax import _shuffle
 from tfds_jax._types import Batch
 
 
@@ -59,8 +60,32 @@ class Stage:
   options: tuple = ()
 
   def __call__(self, keys: jax.Array, batch: Mapping[str, jax.Array]) -> Batch:
-    """Applies the stage; ``keys`` is a key array of shape ``[batch_size]``."""
-    return self.fn(keys, dict(batch), self.params, **dict(self.options))
+    """Applies the stage; ``keys`` is a key array of shape ``[batch_size]``.
+
+    Raises:
+      TypeError: the stage returned something other than a dict of arrays.
+      ValueError: it returned an empty dict, or changed the batch size.
+    """
+    sizes = {np.shape(v)[0] for v in jax.tree.leaves(batch) if np.ndim(v)}
+    out = self.fn(keys, dict(batch), self.params, **dict(self.options))
+    name = getattr(dict(self.options).get("fn", self.fn), "__name__", repr(self.fn)).lstrip("_")
+    if not isinstance(out, Mapping):
+      got = f"an array of shape {out.shape}" if hasattr(out, "shape") else type(out).__name__
+      raise TypeError(f"Expected stage {name} to return a dict of arrays, got {got}; return the"
+                      " whole batch, e.g. {**batch, 'image': new_image}.")
+    if not out:
+      raise ValueError(f"Expected stage {name} to return a non-empty dict of arrays, got {{}};"
+                       " return the whole batch, e.g. {**batch, 'image': new_image}.")
+    if len(sizes) == 1:
+      size = sizes.pop()
+      changed = {_feat.name(k): np.shape(v)[:1] for k, v in _feat.flatten(out).items()
+                 if np.shape(v)[:1] != (size,)}
+      if changed:
+        raise ValueError(
+            f"Expected stage {name} to keep the batch size {size} in every feature, got leading"
+            f" shapes {changed}; a stage maps each record to one record (filter or repeat records"
+            " before making the source).")
+    return dict(out)
 
 
 jax.tree_util.register_dataclass(Stage, data_fields=["params"], meta_fields=["fn", "options"])
@@ -97,11 +122,7 @@ def stage(fn: Callable, *, params: Any = None, random: bool = False, **options) 
 
 def _user(keys, batch, params, *, fn, random, has_params, **options):
   args = (keys, batch) if random else (batch,)
-  out = fn(*args, params, **options) if has_params else fn(*args, **options)
-  if not isinstance(out, Mapping):
-    raise TypeError(f"Expected stage {fn!r} to return a dict of arrays, got {type(out).__name__};"
-                    " return the whole batch, e.g. {**batch, 'image': new_image}.")
-  return dict(out)
+  return fn(*args, params, **options) if has_params else fn(*args, **options)
 
 
 def chain(*stages: Stage | Callable[[Batch], Batch]) -> Stage:
@@ -155,7 +176,8 @@ def record_keys(
   Args:
     seed: uint32 (or int) seed of the run.
     epoch: int scalar, the epoch of the first position.
-    index: int scalar in ``[0, n)``, the first position within that epoch.
+    index: int scalar in ``[0, n)``, the first position within that epoch
+      (others are taken modulo ``n``, as the record indices are).
     size: batch size (static int), or an int32 array of row offsets from
       ``index`` (each below ``num_records``) for a slice of a batch.
     num_records: dataset size ``n`` (static).
@@ -170,7 +192,8 @@ def record_keys(
   """
   offsets = jnp.arange(size, dtype=jnp.uint32) if isinstance(size, (int, np.integer)) else size
   n = jnp.uint32(num_records)
-  pos = _u32(index) + _u32(offsets)
+  index = int(index) % num_records if isinstance(index, (int, np.integer)) else index
+  pos = _shuffle.wrap(index, num_records) + _u32(offsets)  # total, as the record indices are
   wrapped = pos >= n
   epochs = _u32(epoch) + wrapped.astype(jnp.uint32)
   pos = jnp.where(wrapped, pos - n, pos)
@@ -269,6 +292,12 @@ def normalize(stats: Any = None, *, mean: Any = None, std: Any = None,
   Returns:
     A deterministic :class:`Stage` whose statistics are pytree leaves.
 
+  Raises:
+    KeyError: statistics given per feature lack one of ``features``.
+    ValueError: neither ``stats`` nor ``mean`` and ``std``; when traced,
+      statistics that do not broadcast to the feature's record shape (3
+      channels against 1, say).
+
   Example:
     >>> import numpy as np, tfds_jax
     >>> norm = tfds_jax.normalize(mean=np.float32(2.0), std=np.float32(4.0), features="x")
@@ -284,6 +313,15 @@ def normalize(stats: Any = None, *, mean: Any = None, std: Any = None,
     mean, std = stats.mean, stats.std
   params = []
   for f in features:
+    for what, given in (("mean", mean), ("std", std)):
+      if isinstance(given, Mapping):
+        try:
+          _feat.get(given, f)
+        except KeyError:
+          raise KeyError(
+              f"Expected statistics ({what}) of feature {_feat.name(_feat.as_path(f))} for normalize,"
+              f" got statistics of {sorted(given)}; pass features= naming one of those, or compute"
+              f" them with compute_statistics(source, features=[{f!r}]).") from None
     m = _feat.get(mean, f) if isinstance(mean, Mapping) else mean
     s = _feat.get(std, f) if isinstance(std, Mapping) else std
     params.append((jnp.asarray(m, jnp.float32), jnp.asarray(s, jnp.float32)))
@@ -293,7 +331,20 @@ def normalize(stats: Any = None, *, mean: Any = None, std: Any = None,
 def _normalize(keys, batch, params, *, features):
   _present(batch, features, "normalize")
   for f, (mean, std) in zip(features, params):
-    batch = _feat.put(batch, f, (_feat.get(batch, f) - mean) / jnp.where(std > 0, std, 1.0))
+    x = _feat.get(batch, f)
+    record = x.shape[1:]
+    for what, stat in (("mean", mean), ("std", std)):
+      try:
+        fits = jnp.broadcast_shapes(stat.shape, record) == record
+      except ValueError:
+        fits = False
+      if not fits:
+        raise ValueError(
+            f"Expected normalize statistics for {_feat.name(_feat.as_path(f))} that broadcast to its"
+            f" record shape {record} (per channel: [{record[-1] if record else ''}]), got a {what}"
+            f" of shape {stat.shape}; compute them from this source (compute_statistics), or pass"
+            " per_channel=False statistics.")
+    batch = _feat.put(batch, f, (x - mean) / jnp.where(std > 0, std, 1.0))
   return batch
 
 
@@ -305,12 +356,17 @@ def random_flip(features: str | Sequence[str | tuple] = "image", *, axis: int = 
 
   Args:
     features: feature name(s) to flip.
-    axis: record axis to reverse; ``-2`` is the width of ``[H, W, C]`` images
-      (a horizontal flip).
-    probability: chance that a record is flipped.
+    axis: record axis to reverse, in ``[-rank, rank)`` of the record (checked
+      when traced); ``-2`` is the width of ``[H, W, C]`` images (a horizontal
+      flip).
+    probability: chance that a record is flipped, in ``[0, 1]``.
 
   Returns:
     A random :class:`Stage`.
+
+  Raises:
+    ValueError: ``probability`` outside ``[0, 1]``; when traced, an ``axis``
+      the record does not have.
 
   Example:
     >>> import numpy as np, tfds_jax
@@ -318,6 +374,9 @@ def random_flip(features: str | Sequence[str | tuple] = "image", *, axis: int = 
     >>> flip(tfds_jax.record_keys(0, 0, 0, 1, 1), {"x": np.array([[1, 2, 3]])})["x"].tolist()
     [[3, 2, 1]]
   """
+  if not 0.0 <= float(probability) <= 1.0:
+    raise ValueError(f"Expected probability in [0, 1] for random_flip, got {probability}; pass"
+                     " the chance that a record is flipped.")
   return Stage(_flip, (), _options(features=_features(features), axis=int(axis),
                                    probability=float(probability)))
 
@@ -327,7 +386,12 @@ def _flip(keys, batch, params, *, features, axis, probability):
   flip = jax.vmap(jax.random.bernoulli, (0, None))(_need(keys, "random_flip"), probability)
   for f in features:
     x = _feat.get(batch, f)
-    ax = axis % (x.ndim - 1) + 1  # the record's axis, counted in the batch
+    rank = x.ndim - 1  # of one record
+    if not -rank <= axis < rank:
+      raise ValueError(
+          f"Expected axis in [{-rank}, {rank}) for random_flip of {_feat.name(_feat.as_path(f))}"
+          f" (records of shape {x.shape[1:]}), got {axis}; -2 flips the width of [H, W, C] images.")
+    ax = axis % rank + 1  # the record's axis, counted in the batch
     where = flip.reshape((-1,) + (1,) * (x.ndim - 1))
     batch = _feat.put(batch, f, jnp.where(where, jnp.flip(x, ax), x))
   return batch
@@ -388,6 +452,11 @@ def one_hot(num_classes: int, features: str | Sequence[str | tuple] = "label", *
             dtype: Any = jnp.float32) -> Stage:
   """Replaces integer labels by one-hot vectors of length ``num_classes``.
 
+  Labels outside ``[0, num_classes)`` would give all-zero rows: a
+  :func:`pipeline` refuses a ``num_classes`` below the labels' range where it
+  is known (the ``ClassLabel`` of the dataset info, or the values of an
+  in-memory source), unless a stage of your own comes first.
+
   Args:
     num_classes: number of classes.
     features: integer feature name(s).
@@ -417,6 +486,31 @@ def _one_hot(keys, batch, params, *, num_classes, features, dtype):
                       " apply one_hot before converting labels.")
     batch = _feat.put(batch, f, jax.nn.one_hot(labels, num_classes, dtype=dtype))
   return batch
+
+
+def raw_one_hots(stages: Stage) -> list[tuple[str, int]]:
+  """``(feature, num_classes)`` of each :func:`one_hot` that sees the source's raw values.
+
+  Walks the stages in order: a built-in stage changes only the features it
+  names; a stage of the user's own may change anything, so nothing after it
+  counts as raw.
+  """
+  found, touched = [], set()
+
+  def walk(s: Stage) -> bool:  # False: a user stage; stop
+    if s.fn is _chain:
+      return all(walk(t) for t in s.params)
+    if s.fn is _user:
+      return False
+    options = dict(s.options)
+    features = options.get("features", ())
+    if s.fn is _one_hot:
+      found.extend((f, options["num_classes"]) for f in features if f not in touched)
+    touched.update(features)
+    return True
+
+  walk(stages)
+  return found
 
 
 def _need(keys, what: str) -> jax.Array:

@@ -43,6 +43,8 @@ class _Moments(NamedTuple):
   m2: dict[str, jax.Array]  # sum of squared deviations from the mean
   min: dict[str, jax.Array]
   max: dict[str, jax.Array]
+  nan: dict[str, jax.Array]  # int32[]: NaN values seen
+  inf: dict[str, jax.Array]  # int32[]: infinite values seen
 
 
 def compute_statistics(
@@ -70,6 +72,10 @@ def compute_statistics(
 
   Raises:
     KeyError: for a feature the source does not have.
+    ValueError: a feature holds NaN or infinite values (they would make its
+      statistics, and every batch normalized with them, NaN): the message
+      names each such feature with its counts; clean the data, or leave the
+      feature out with ``features=``. Also for ``chunk_size < 1``.
 
   Example:
     >>> import numpy as np, tfds_jax
@@ -78,14 +84,17 @@ def compute_statistics(
     >>> stats.mean["x"].tolist(), stats.std["x"].tolist()
     ([1.0, 20.0], [1.0, 10.0])
   """
+  if (isinstance(chunk_size, (bool, np.bool_)) or not isinstance(chunk_size, (int, np.integer))
+      or chunk_size < 1):
+    raise ValueError(f"Expected chunk_size to be a positive int, got {chunk_size!r}; pass the"
+                     " records per step of the pass (default 4096).")
   if isinstance(source, Pipeline):
     source = source.source
   spec = _source.element_spec(source)
   names = list(spec) if features is None else [features] if isinstance(features, str) else list(features)
-  if not names:
-    raise KeyError(f"Expected features among {sorted(spec)}, got none; pass features= naming"
-                   " some of them.")
   try:
+    if not names:
+      raise KeyError(names)
     _features.select(spec, names)
   except (KeyError, TypeError):
     raise KeyError(f"Expected features among {sorted(spec)} (nested ones by path, e.g."
@@ -101,7 +110,22 @@ def compute_statistics(
   else:
     data = source.data if isinstance(source, _source.Source) else source
     total = _pass(_features.select(data, names), chunk, per_channel)
+  counts = _features.flatten(jax.device_get({"nan": total.nan, "inf": total.inf}))
+  flat_spec = _features.flatten(spec)
+  bad = {p[1:]: (int(counts[("nan",) + p[1:]]), int(counts[("inf",) + p[1:]]))
+         for p in counts if p[0] == "nan" and (counts[p] or counts[("inf",) + p[1:]])}
+  if bad:
+    raise ValueError(
+        f"Expected finite values in {sorted(map(_features.name, bad))} of {_source._label(source)},"  # pylint: disable=protected-access
+        " got " + ", ".join(f"{_features.name(k)}: {nan} NaN and {inf} infinite of"
+                            f" {n * _values(flat_spec[k])}" for k, (nan, inf) in sorted(bad.items()))
+        + "; clean those records (or replace the values), or leave the feature out with"
+        " features=[...].")
   return _finish(total, n)
+
+
+def _values(spec: jax.ShapeDtypeStruct) -> int:
+  return int(np.prod(spec.shape, dtype=np.int64))
 
 
 @functools.partial(jax.jit, static_argnames=("chunk", "per_channel"))
@@ -135,18 +159,21 @@ def _moments(batch: Batch, per_channel: bool) -> _Moments:
   """Moments of one chunk. ``m2`` is in per-record units (the sum of squared
   deviations divided by the values per record and channel), so chunks merge
   exactly by record counts."""
+
   def one(v):
     axes = _axes(v, per_channel)
     x = v.astype(jnp.float32)
+    floating = jnp.issubdtype(v.dtype, jnp.inexact)  # integers are always finite
+    nan = jnp.sum(jnp.isnan(x), dtype=jnp.int32) if floating else jnp.int32(0)
+    inf = jnp.sum(jnp.isinf(x), dtype=jnp.int32) if floating else jnp.int32(0)
     centre = jnp.mean(x, axis=axes, keepdims=True)
     values_per_record = int(np.prod([v.shape[a] for a in axes[1:]], dtype=np.int64))
     return (jnp.squeeze(centre, axis=axes), jnp.sum(jnp.square(x - centre), axis=axes) / values_per_record,
-            jnp.min(x, axis=axes), jnp.max(x, axis=axes))
+            jnp.min(x, axis=axes), jnp.max(x, axis=axes), nan, inf)
 
   leaves, tree = jax.tree.flatten(batch)
-  fields = zip(*[one(v) for v in leaves])
-  mean, m2, lo, hi = (jax.tree.unflatten(tree, list(f)) for f in fields)
-  return _Moments(jnp.float32(leaves[0].shape[0]), mean, m2, lo, hi)
+  fields = [jax.tree.unflatten(tree, list(f)) for f in zip(*[one(v) for v in leaves])]
+  return _Moments(jnp.float32(leaves[0].shape[0]), *fields)
 
 
 def _merge(a: _Moments, b: _Moments) -> _Moments:
@@ -155,9 +182,9 @@ def _merge(a: _Moments, b: _Moments) -> _Moments:
   delta = jax.tree.map(jnp.subtract, b.mean, a.mean)
   mean = jax.tree.map(lambda m, d: m + d * (b.n / n), a.mean, delta)
   m2 = jax.tree.map(lambda x, y, d: x + y + jnp.square(d) * (a.n * b.n / n), a.m2, b.m2, delta)
-  lo = jax.tree.map(jnp.minimum, a.min, b.min)
-  hi = jax.tree.map(jnp.maximum, a.max, b.max)
-  return _Moments(n, mean, m2, lo, hi)
+  return _Moments(n, mean, m2, jax.tree.map(jnp.minimum, a.min, b.min),
+                  jax.tree.map(jnp.maximum, a.max, b.max), jax.tree.map(jnp.add, a.nan, b.nan),
+                  jax.tree.map(jnp.add, a.inf, b.inf))
 
 
 def _finish(total: _Moments, n: int) -> Statistics:

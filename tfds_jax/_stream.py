@@ -17,8 +17,15 @@ Two readers sit behind it:
   buffer. Resuming mid-epoch re-reads the epoch up to the saved position.
 
 A stream owns threads and open files: use it as a context manager or call
-:meth:`Stream.close`. It reads files, so it runs outside ``jit``: call
-``next_batch`` in Python and pass the batch into the jitted step.
+:meth:`Stream.close`; a stream that is dropped unclosed is shut down when it is
+collected, on whatever thread that happens (never joining itself). It reads
+files, so it runs outside ``jit``: call ``next_batch`` in Python and pass the
+batch into the jitted step.
+
+A record that fails to read or decode is a :class:`RecordError` naming the
+record (its file and index in the file) for the batch that holds it; nothing
+is skipped, and the stream stays usable: the error's ``next_state`` is the
+state after that batch.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from tfds_jax import _features
 from tfds_jax import _sharding
 from tfds_jax import _source
 from tfds_jax import _tfds
+from tfds_jax._array_record import RecordError
 from tfds_jax._source import Source, SourceState
 from tfds_jax._types import Batch
 
@@ -90,7 +98,10 @@ class Stream:
     pool = lambda n: concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix=self.thread_name)  # noqa: E731
     self._reads, self._decodes = (pool(num_threads), pool(1)) if mode == RANDOM_ACCESS else (None, None)
     self._closed = False
-    self._finalizer = weakref.finalize(self, _shutdown, (self._reads, self._decodes), reader)
+    # Workers hold the reader, never the stream, so dropping the stream collects it;
+    # the finalizer may then run on any thread, a worker's included (see _shutdown).
+    self._finalizer = weakref.finalize(self, _shutdown, (self._reads, self._decodes), reader,
+                                       self.thread_name)
 
   def __repr__(self) -> str:
     spec = _features.unflatten({p: f"{v.dtype}{list(v.shape)}" for p, v in self._spec.items()})
@@ -104,7 +115,11 @@ class Stream:
     self.close()
 
   def close(self) -> None:
-    """Stops the workers and closes the files; the stream cannot be read after."""
+    """Stops the workers and closes the files; the stream cannot be read after.
+
+    Never raises (a file that fails to close, a damaged one, is logged), and
+    may be called from any thread, any number of times.
+    """
     with self._lock:
       self._closed = True
       self._drop()
@@ -122,13 +137,29 @@ class Stream:
 
   def next_batch(self, state: SourceState, batch_size: int, *,
                  sharding=None) -> tuple[Batch, SourceState]:
-    """See :func:`tfds_jax.next_batch`."""
+    """See :func:`tfds_jax.next_batch`.
+
+    Raises:
+      RecordError: records of the batch failed to read or decode; its
+        ``next_state`` is the state after this batch, to go on from.
+    """
     _source._check_batch_size(self.num_records, batch_size)  # pylint: disable=protected-access
-    key = (*_concrete_position(state, self.num_records), batch_size, _concrete_seed(state.seed))
-    batch = self._sharded(key, sharding)
+    key = (*_concrete_position(state, self.num_records, self._label()), batch_size,
+           _concrete_seed(state.seed))
     epoch, index = _advance(key, self.num_records)
-    return batch, SourceState(epoch=jnp.asarray(epoch, jnp.int32),
-                              index=jnp.asarray(index, jnp.int32), seed=state.seed)
+    after = SourceState(epoch=jnp.asarray(epoch, jnp.int32), index=jnp.asarray(index, jnp.int32),
+                        seed=state.seed)
+    try:
+      batch = self._sharded(key, sharding)
+    except RecordError as e:
+      e.next_state = after
+      e.args = (f"{e} The stream stays usable: the error's next_state (epoch {epoch}, index"
+                f" {index}) is the state after this batch.",)
+      raise
+    return batch, after
+
+  def _label(self) -> str:
+    return f"{self.name}[{self.split}]"
 
   def batch_at(self, start: int, size: int, seed, *, sharding=None) -> Batch:
     """See :func:`tfds_jax.batch_at`; random-access streams only."""
@@ -139,9 +170,7 @@ class Stream:
           f" `tfds-jax prepare {self.name} --file-format array_record`, or use next_batch.")
     if isinstance(start, jax.core.Tracer) or isinstance(seed, jax.core.Tracer):
       raise TypeError(_TRACED)
-    start = int(start)
-    if start < 0:
-      raise ValueError(f"Expected start >= 0, got {start}; positions count from 0.")
+    start = _source.check_start(start)
     _source._check_batch_size(self.num_records, size, "size")  # pylint: disable=protected-access
     epoch, index = divmod(start, self.num_records)
     seed = None if seed is None else int(_source.as_seed(seed))
@@ -191,27 +220,8 @@ class Stream:
       raise
 
   def _submit(self, key: _Key) -> tuple[_Key, concurrent.futures.Future, concurrent.futures.Future]:
-    read = self._reads.submit(self._read, key)
-    return key, read, self._decodes.submit(self._decode, read)
-
-  def _read(self, key: _Key) -> tuple[np.ndarray, list[bytes]]:
-    """Runs on a reader: the indices and serialized records of the batch at ``key``."""
-    epoch, index, size, seed = key[:4]
-    offsets = key[4] if len(key) > 4 else range(size)  # this process's rows, or all
-    rows = _cpu_record_indices(self.num_records, epoch, index, offsets, seed)
-    return rows, self._reader.records(rows)
-
-  def _decode(self, read: concurrent.futures.Future) -> tuple[Batch, dict]:
-    """Runs on the decoder, in submission order: a read batch, decoded and on the device,
-    and the records of it that were truncated."""
-    indices, records = read.result()
-    cut: dict = {}
-    return self._to_jax(self._reader.finish(indices, self._reader.decode(indices, records), cut)), cut
-
-  def _to_jax(self, tensors: Mapping) -> Batch:
-    """A flat decoded batch (path -> TF tensor) as a nested batch on the device."""
-    return _features.unflatten({p: _to_jax(_features.name(p), v, self._spec[p].dtype, self._device,
-                                           self._reader.label) for p, v in tensors.items()})
+    read = self._reads.submit(_read, self._reader, self.num_records, key)
+    return key, read, self._decodes.submit(_decode, self._reader, read, self._spec, self._device)
 
   def _count_truncated(self, cut: Mapping) -> None:
     for path, count in cut.items():
@@ -231,12 +241,9 @@ class Stream:
       self._iterator = iter(self._reader.batches(epoch, index, size, seed))
     try:
       tensors = next(self._iterator)
-    except tf.errors.OpError as e:
+    except tf.errors.OpError as e:  # the next call starts afresh at its own position
       self._expected = self._iterator = None
-      raise RuntimeError(
-          f"Expected to read the batch at epoch {epoch}, position {index} of {self._reader.label},"
-          f" got {type(e).__name__}: {_tfds.tf_error_text(e)}; check the decoders"
-          " or preprocess function, or prepare the dataset again if its files are damaged.") from e
+      raise self._reader.failure(e, epoch, index, size, seed) from e
     if resumed and index:
       log.warning(
           "tfds_jax: resumed the tf.data stream of %s at epoch %d, position %d by re-reading %d"
@@ -245,7 +252,8 @@ class Stream:
           time.perf_counter() - start, self.name)
     self._expected = (*_advance(key, self.num_records), size, seed)
     cut: dict = {}
-    return self._to_jax(self._reader.finish(epoch, index, tensors, cut)), cut
+    return _batch_to_jax(self._reader.finish(epoch, index, tensors, cut), self._spec, self._device,
+                         self._reader.label), cut
 
   def _drop(self) -> None:
     for _, read, decoded in self._queue:
@@ -256,11 +264,49 @@ class Stream:
     self._expected = None
 
 
-def _shutdown(pools, reader) -> None:
-  for pool in pools:  # readers first: a decode waiting on a cancelled read ends at once
-    if pool is not None:
-      pool.shutdown(wait=True, cancel_futures=True)
-  reader.close()
+def _read(reader, n: int, key: _Key) -> tuple[np.ndarray, list[bytes]]:
+  """Runs on a reader thread: the indices and serialized records of the batch at ``key``."""
+  epoch, index, size, seed = key[:4]
+  offsets = key[4] if len(key) > 4 else range(size)  # this process's rows, or all
+  rows = _cpu_record_indices(n, epoch, index, offsets, seed)
+  return rows, reader.records(rows)
+
+
+def _decode(reader, read: concurrent.futures.Future, spec, device) -> tuple[Batch, dict]:
+  """Runs on the decoder thread, in submission order: a read batch, decoded and on the device,
+  and the records of it that were truncated."""
+  indices, records = read.result()
+  cut: dict = {}
+  return _batch_to_jax(reader.finish(indices, reader.decode(indices, records), cut), spec, device,
+                       reader.label), cut
+
+
+def _batch_to_jax(tensors: Mapping, spec, device, label: str) -> Batch:
+  """A flat decoded batch (path -> TF tensor) as a nested batch on the device."""
+  return _features.unflatten({p: _to_jax(_features.name(p), v, spec[p].dtype, device, label)
+                              for p, v in tensors.items()})
+
+
+def _shutdown(pools, reader, thread_name: str) -> None:
+  """Stops the workers, then closes the files; never raises.
+
+  It runs from ``close`` or from the finalizer of a collected stream, which
+  runs wherever the stream was collected: possibly on one of its own workers
+  (the garbage collector runs on whichever thread triggers it). A worker
+  cannot join itself, so there the work is handed to a new thread.
+  """
+  if threading.current_thread().name.startswith(thread_name):
+    threading.Thread(target=_shutdown, args=(pools, reader, thread_name),
+                     name="tfds_jax_stream_shutdown").start()
+    return
+  try:
+    for pool in pools:  # readers first: a decode waiting on a cancelled read ends at once
+      if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
+    reader.close()
+  except Exception as e:  # pylint: disable=broad-except  # closing must not fail the caller
+    log.warning("shutting down the stream %s failed (%s: %s)", getattr(reader, "label", ""),
+                type(e).__name__, e)
 
 
 _TRACED = ("Expected a concrete state or position, got a traced one; a stream reads files,"
@@ -268,14 +314,11 @@ _TRACED = ("Expected a concrete state or position, got a traced one; a stream re
            " step (or load the dataset eagerly to read inside jit).")
 
 
-def _concrete_position(state: SourceState, n: int) -> tuple[int, int]:
-  if any(isinstance(x, jax.core.Tracer) for x in (state.epoch, state.index, state.seed)):
+def _concrete_position(state: SourceState, n: int, label: str) -> tuple[int, int]:
+  if isinstance(state, SourceState) and any(isinstance(x, jax.core.Tracer) for x in state):
     raise TypeError(_TRACED)
-  epoch, index = int(state.epoch), int(state.index)
-  if not 0 <= index < n or epoch < 0:
-    raise ValueError(f"Expected a state with epoch >= 0 and 0 <= index < {n}, got epoch {epoch},"
-                     f" index {index}; it belongs to another dataset: make it with init.")
-  return epoch, index
+  _source.check_state(state, n, label)  # types and ranges
+  return int(state.epoch), int(state.index)
 
 
 def _concrete_seed(seed) -> int | None:
@@ -311,35 +354,56 @@ def _to_jax(key: str, tensor, dtype, device, label: str) -> jax.Array:
 
 
 class _TFDataReader:
-  """Batches of a TFRecord split through tf.data, from any (epoch, index)."""
+  """Batches of a TFRecord split through tf.data, from any (epoch, index).
+
+  Serialized records are read in TFDS's file order, shuffled per epoch, then
+  decoded (TFDS's decoding, ``preprocess`` and ``shapes``) in parallel and in
+  order, and padded per batch.
+  """
 
   def __init__(self, b, split, keys, *, decoders, preprocess, shapes, asked, label,
                shuffle_buffer_size, read_ahead, num_threads):
-    _, tfds = _tfds.import_tf()
+    tf, _ = _tfds.import_tf()
     self.label = label
     self.num_records = _tfds._split_size(b, split)  # pylint: disable=protected-access
     if self.num_records is None:
       raise ValueError(f"Expected {label} to list its split sizes in its dataset info, got none;"
                        " stream a prepared dataset, or load it eagerly.")
     self._shuffle_buffer, self._read_ahead = shuffle_buffer_size, read_ahead
-    read_config = tfds.ReadConfig(try_autocache=False, add_tfds_id=False,
-                                  shuffle_seed=0)  # TFDS's file order, as load reads it
-    decoders = {k: v for k, v in (decoders or {}).items() if k in keys}
-    partial = tfds.decode.PartialDecoding({k: True for k in keys}, decoders=decoders or None)
-    raw = b.as_dataset(split=split, shuffle_files=False, decoders=partial, read_config=read_config)
-
-    def decoded(example):
-      return dict(example) if preprocess is None else dict(preprocess(dict(example)))
-
-    spec = raw.map(decoded).element_spec
+    self._read_args = (b, split, num_threads)
+    decode, spec = _array_record.record_decoder(b, keys, decoders=decoders, preprocess=preprocess)
+    one = tf.function(decode, input_signature=[tf.TensorSpec([], tf.string)])
     self.plan = plan = _tfds.plan_features(
         b, spec, keys, shapes=shapes, eager=False, asked=asked, label=label, what="a stream",
         user_fns=bool(decoders or preprocess),
-        peek=lambda: list(raw.map(decoded).take(8).as_numpy_iterator()))
-    self._records = raw.map(lambda e: _features.apply(plan, decoded(e), pad=False),
-                            num_parallel_calls=num_threads, deterministic=True)
-    self._padding = _features.padding(plan)
+        peek=lambda: [tf.nest.map_structure(lambda t: t.numpy(), one(r))
+                      for r in self._serialized(False).take(8)])
     self.spec = plan.spec
+    self._padding = _features.padding(plan)
+
+    def static(serialized):  # traced inline into the tf.data map (no function call per record)
+      return _features.apply(plan, decode(serialized), pad=False)
+
+    self._decoding = static
+    self._one = tf.function(lambda r: _features.apply(plan, decode(r)),  # to blame a record alone
+                            input_signature=[tf.TensorSpec([], tf.string)])
+
+  def batches(self, epoch: int, index: int, size: int, seed: int | None):
+    """tf.data.Dataset of ``size``-record batches from position ``index`` of ``epoch`` on.
+
+    Records are shuffled serialized and decoded after the shuffle, in parallel
+    and in order, so any position is reached without decoding the records
+    before it: after a record fails to decode, the next batch starts afresh
+    at its own position (see :meth:`failure`), and nothing is skipped.
+    """
+    tf, _ = _tfds.import_tf()
+    ds = self._shuffled(epoch, index, seed).map(self._decoding, num_parallel_calls=self._read_args[-1],
+                                                 deterministic=True)
+    ds = ds.padded_batch(size, *self._padding, drop_remainder=True).prefetch(self._read_ahead)
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    options.deterministic = True
+    return ds.with_options(options)
 
   def finish(self, epoch: int, index: int, tensors, truncated: dict) -> dict:
     """A batch read at (epoch, index) checked against the plan: path -> tensor; the records
@@ -348,10 +412,11 @@ class _TFDataReader:
                          f" {epoch + (index + row) // self.num_records} (in shuffled order)")
     return _features.flatten(_features.check(self.plan, tensors, where, truncated))
 
-  def batches(self, epoch: int, index: int, size: int, seed: int | None):
-    """tf.data.Dataset of ``size``-record batches from position ``index`` of ``epoch`` on."""
+  def _shuffled(self, epoch: int, index: int, seed: int | None, where: bool = False):
+    """Serialized records from position ``index`` of ``epoch`` on (with ``where``:
+    ``(where, record)`` pairs, see :meth:`_serialized`)."""
     tf, _ = _tfds.import_tf()
-    records, buffer = self._records, self._shuffle_buffer
+    records, buffer = self._serialized(where), self._shuffle_buffer
 
     def one_epoch(e):
       if seed is None:
@@ -359,15 +424,58 @@ class _TFDataReader:
       epoch_seed = tf.math.floormod(tf.constant(seed, tf.int64) + e, 2**32)
       return records.shuffle(buffer, seed=epoch_seed, reshuffle_each_iteration=False)
 
-    ds = tf.data.Dataset.range(epoch, 2**62).flat_map(one_epoch).skip(index)
-    ds = ds.padded_batch(size, *self._padding, drop_remainder=True).prefetch(self._read_ahead)
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    options.deterministic = True
-    return ds.with_options(options)
+    return tf.data.Dataset.range(epoch, 2**62).flat_map(one_epoch).skip(index)
+
+  def failure(self, error, epoch: int, index: int, size: int, seed: int | None) -> RecordError:
+    """The error for the batch at (epoch, index) whose read failed with ``error``.
+
+    Reads that batch's serialized records again: if the files cannot be read,
+    they are damaged (named); else each record is decoded alone to name the
+    failing ones.
+    """
+    tf, _ = _tfds.import_tf()
+    b, split, _ = self._read_args
+    try:
+      batch = list(self._shuffled(epoch, index, seed, where=True).take(size).as_numpy_iterator())
+    except tf.errors.OpError as damage:
+      return _array_record.damaged(b, split, self.label, damage,
+                                   f"reading the batch at epoch {epoch}, position {index}")
+    files = self._files()
+    names = [(f"record {int(i)} of {os.path.basename(files[int(f)])}", (files[int(f)], int(i)))
+             for (f, i), _ in batch]
+    return _array_record.blame(self._one, names, [x for _, x in batch], self.label, error)
+
+  def _serialized(self, where: bool):
+    """The split's serialized records in the order ``as_dataset`` reads them (files
+    interleaved as TFDS's default ``ReadConfig`` does); with ``where``, as
+    ``((file number, index in file), record)`` pairs."""
+    tf, tfds = _tfds.import_tf()
+    b, split, _ = self._read_args
+    files = self._files()
+    adapter = tfds.core.file_adapters.ADAPTER_FOR_FORMAT[
+        b.info.file_format or tfds.core.file_adapters.FileFormat.TFRECORD]
+    fi = b.info.splits[split].file_instructions
+
+    def one_file(f, path, skip, take):
+      records = adapter.make_tf_data(path).skip(skip).take(take)
+      if not where:
+        return records
+      return tf.data.Dataset.zip((tf.data.Dataset.range(skip, skip + take).map(
+          lambda i: tf.stack([f, i])), records))
+
+    cycle = 1 if b.info.disable_shuffling else 16  # TFDS's default interleave_cycle_length
+    return tf.data.Dataset.from_tensor_slices(
+        (np.arange(len(files), dtype=np.int64), files, np.array([int(x.skip) for x in fi], np.int64),
+         np.array([int(x.take) for x in fi], np.int64))).interleave(
+             one_file, cycle_length=cycle, block_length=tfds.ReadConfig().interleave_block_length,
+             num_parallel_calls=1, deterministic=True)
+
+  def _files(self) -> list[str]:
+    b, split, _ = self._read_args
+    return [os.fspath(fi.filename) for fi in b.info.splits[split].file_instructions]
 
   def close(self) -> None:
-    self._records = None
+    self._decoding = None
 
 
 def stream(
@@ -444,8 +552,14 @@ def stream(
     ValueError: as :func:`load` for bad names, splits and keys; a string
       feature asked for by name without an encoding; a feature whose shape
       varies without a size in ``shapes``; ``mode="random_access"`` on
-      TFRecord files; bad ``read_ahead`` or ``num_threads``.
+      TFRecord files; bad ``read_ahead``, ``num_threads`` or
+      ``beam_num_workers``.
+    TypeError: as :func:`load` for a name or split that is not a string, or
+      a ``device`` that is not a device or sharding.
     FileNotFoundError: nothing prepared while ``local_files_only``.
+
+  A record that fails to read or decode later makes ``next_batch`` raise a
+  :class:`RecordError` naming it (file and index); the stream stays usable.
 
   Example:
     >>> import tfds_jax
@@ -455,6 +569,7 @@ def stream(
     >>> batch["image"].shape  # doctest: +SKIP
     (32, 8, 8, 1)
   """
+  _tfds.check_request(name, split, device=device, beam_num_workers=beam_num_workers)
   if include_keys is not None and exclude_keys is not None:
     raise ValueError(
         f"Expected at most one of include_keys and exclude_keys, got both"
@@ -569,6 +684,8 @@ def from_tfds(
     >>> type(src).__name__  # doctest: +SKIP
     'Source'
   """
+  _tfds.check_request(name, split, device=kwargs.get("device"),
+                      beam_num_workers=kwargs.get("beam_num_workers"))
   use_eager, reason = choose(name, split, eager=eager, memory_budget=memory_budget, **kwargs)
   log.info("tfds_jax: from_tfds(%r, %r): %s", name, split, reason)
   if use_eager:

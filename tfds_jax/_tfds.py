@@ -25,7 +25,8 @@ import numpy as np
 from tfds_jax import _array_record
 from tfds_jax import _cache
 from tfds_jax import _features
-from tfds_jax._source import Source, from_arrays
+from tfds_jax._source import Source, from_arrays, to_jax_dtype
+from tfds_jax._source import check_device as _source_check_device
 
 log = logging.getLogger("tfds_jax")
 
@@ -122,13 +123,24 @@ def builder(
 ):
   """Returns the TFDS builder for ``name``, with a clear error for unknown names.
 
-  Embedded datasets (``digits``) are registered first.
+  Embedded datasets (``digits``) are registered first, unless the data
+  directory holds a prepared dataset of that name that the embedded builder
+  did not write (the user's own): that one is read as it is, with its own
+  features, never through the embedded builder.
 
   Raises:
-    ValueError: the dataset is unknown; the message lists close names.
+    TypeError: ``name`` is not a string.
+    ValueError: the dataset is unknown (the message lists close names), or
+      TFDS cannot build the version or config asked for.
   """
+  check_request(name)
   _, tfds = import_tf()
   if base_name(name) in _EMBEDDED:
+    theirs = _foreign_prepared(name, data_dir)
+    if theirs is not None:
+      log.info("reading the prepared %s in %s, which tfds_jax's embedded %s did not write",
+               base_name(name), theirs, base_name(name))
+      return tfds.builder_from_directory(theirs)
     importlib.import_module(_EMBEDDED[base_name(name)])
   try:
     return tfds.builder(name, data_dir=None if data_dir is None else os.fspath(data_dir), try_gcs=try_gcs)
@@ -139,6 +151,68 @@ def builder(
     raise ValueError(
         f"Expected a TFDS dataset name, got {name!r}, which TFDS does not know; {hint}"
     ) from e
+  except (AssertionError, ValueError) as e:  # a version or config TFDS does not have
+    reason = str(e).split('": ', 1)[-1].strip().rstrip(".")
+    raise ValueError(
+        f"Expected a version and config of {base_name(name)!r} that TFDS can build, got"
+        f" {name!r}: {reason}; pass one of those (or just {base_name(name)!r} for the latest)."
+    ) from e
+
+
+def _foreign_prepared(name: str, data_dir: str | os.PathLike | None) -> str | None:
+  """The directory of a prepared dataset named like an embedded one in
+  ``data_dir`` (default: TFDS's) that the embedded builder did not write, or None.
+
+  The version asked for (``"digits:2.0.0"``) if given, else the latest there.
+  """
+  import json  # pylint: disable=import-outside-toplevel
+  root = Path(os.fspath(data_dir) if data_dir is not None else os.environ.get(
+      "TFDS_DATA_DIR", Path.home() / "tensorflow_datasets"))
+  base, version = base_name(name), name.split(":")[1] if ":" in name else None
+  found = []
+  for info in root.glob(f"{base}/**/dataset_info.json"):
+    try:
+      meta = json.loads(info.read_text())
+    except (OSError, ValueError):
+      continue
+    if meta.get("moduleName") != _EMBEDDED[base] and version in (None, meta.get("version")):
+      found.append((tuple(int(p) for p in str(meta.get("version", "0")).split(".") if p.isdigit()),
+                    os.fspath(info.parent)))
+  return max(found)[1] if found else None
+
+
+_FILE_FORMATS = ("tfrecord", "array_record")
+
+
+def check_request(name: Any, split: Any = "", *, device: Any = None,
+                  beam_num_workers: Any = None, file_format: Any = None) -> None:
+  """Checks the arguments of ``load``, ``stream``, ``prepare`` and ``builder``
+  before any work (no TensorFlow): clear errors instead of tracebacks from TFDS.
+
+  Raises:
+    TypeError: ``name`` or ``split`` is not a string, ``device`` not a device.
+    ValueError: an empty name, a bad ``beam_num_workers`` or ``file_format``.
+  """
+  if not isinstance(name, str) or not name.strip():
+    raise (TypeError if not isinstance(name, str) else ValueError)(
+        f"Expected a TFDS dataset name (a str such as 'mnist' or 'cifar10:3.0.2'), got"
+        f" {name!r} ({type(name).__name__}); pass the name as a string.")
+  if not isinstance(split, str):
+    raise TypeError(
+        f"Expected one split string such as 'train', 'train[:10%]' or 'train+test', got"
+        f" {split!r} ({type(split).__name__}); load each split with its own call, or join them"
+        " with '+'.")
+  _source_check_device(device)
+  if beam_num_workers is not None and (
+      isinstance(beam_num_workers, (bool, np.bool_)) or not isinstance(beam_num_workers, (int, np.integer))
+      or beam_num_workers < 1):
+    raise ValueError(f"Expected beam_num_workers to be None or a positive int, got"
+                     f" {beam_num_workers!r}; pass the number of Beam DirectRunner processes,"
+                     " 1 or more.")
+  if file_format is not None and file_format not in _FILE_FORMATS:
+    raise ValueError(f"Expected file_format to be one of {list(_FILE_FORMATS)} (the formats"
+                     f" tfds_jax reads), got {file_format!r}; use 'array_record' for random"
+                     " access, 'tfrecord' for tf.data.")
 
 
 def ensure_prepared(
@@ -194,11 +268,17 @@ def prepare(
   Returns:
     The directory of the prepared files.
 
+  Raises:
+    ValueError: a ``file_format`` other than ``"tfrecord"`` or
+      ``"array_record"``, ``beam_num_workers`` below 1, or the errors of
+      :func:`load` for names.
+
   Example:
     >>> import tfds_jax
     >>> tfds_jax.prepare("digits")  # doctest: +SKIP
     '/root/tensorflow_datasets/digits/1.0.0'
   """
+  check_request(name, beam_num_workers=beam_num_workers, file_format=file_format)
   kwargs = dict(download_and_prepare_kwargs or {})
   if file_format is not None:
     kwargs["file_format"] = file_format
@@ -439,20 +519,6 @@ def tf_error_text(error) -> str:
   return (useful or lines or ["(no message)"])[0][:500]
 
 
-def to_jax_dtype(key: str, value: np.ndarray, target: np.dtype, label: str) -> np.ndarray:
-  """``value`` in ``target`` dtype; integers that do not fit are an error, never wrapped."""
-  if value.dtype == target:
-    return value
-  if np.issubdtype(value.dtype, np.integer) and value.size:
-    bounds = np.iinfo(target)
-    if value.min() < bounds.min or value.max() > bounds.max:
-      raise ValueError(
-          f"Expected feature {key} of {label} to fit {target} (JAX's integer type"
-          f" with x64 disabled), got values in [{value.min()}, {value.max()}]; enable"
-          " jax_enable_x64 before loading, or exclude the feature.")
-  return value.astype(target)
-
-
 def _read_all(b, split: str, keys: list[str], decoders, n: int | None, plan: _features.Plan
               ) -> tuple[dict, dict]:
   """Reads the split in bulk batches into aligned numpy buffers, one per feature.
@@ -587,11 +653,15 @@ def load(
     (``"image/filename"``) stays one name.
 
   Raises:
-    ValueError: unknown dataset (close names listed), unknown split (splits
-      listed), both include and exclude keys, unknown keys (the dataset's keys
-      listed), string features asked for by name without an encoding, images
-      of varying size without a size, a record longer than its fixed size
-      (unless the option truncates).
+    ValueError: unknown dataset (close names listed), a version or config
+      TFDS cannot build, unknown split (splits listed), both include and
+      exclude keys, unknown keys (the dataset's keys listed), string features
+      asked for by name without an encoding, images of varying size without a
+      size, a record longer than its fixed size (unless the option truncates),
+      ``beam_num_workers`` below 1 (checked even when the dataset is prepared).
+    TypeError: ``name`` or ``split`` is not a string (one split per call:
+      join several with ``+``), ``device`` is not a device or sharding.
+    RecordError: damaged prepared files or records (naming the file).
     FileNotFoundError: nothing prepared while ``local_files_only`` or
       ``download=False``.
 
@@ -603,6 +673,7 @@ def load(
     >>> tfds_jax.info(src).features["label"].names[:3]  # doctest: +SKIP
     ['0', '1', '2']
   """
+  check_request(name, split, device=device, beam_num_workers=beam_num_workers)
   if include_keys is not None and exclude_keys is not None:
     raise ValueError(
         f"Expected at most one of include_keys and exclude_keys, got both"
@@ -657,7 +728,11 @@ def load(
     plan = plan_features(b, ds.element_spec, keys, shapes=shapes, eager=True, asked=asked,
                          label=label, what="an eager load", user_fns=bool(decoders),
                          peek=lambda: list(import_tf()[1].as_numpy(ds.take(8))))
-    arrays, truncated = _read_all(b, split, keys, decoders, num_records, plan)
+    tf, _ = import_tf()
+    try:
+      arrays, truncated = _read_all(b, split, keys, decoders, num_records, plan)
+    except tf.errors.OpError as e:  # damaged files: name them, not TensorFlow's internals
+      raise _array_record.damaged(b, split, label, e, "reading them whole") from e
   _features.report_truncated(plan, truncated, len(next(iter(arrays.values()))))
   log.info("decoded %s in %.2fs", label, time.perf_counter() - start)
   ref = info_ref(b)
