@@ -317,7 +317,12 @@ def name(path: Path) -> str:
     >>> name(("image/filename",)), name(("objects", "bbox"))
     ("'image/filename'", "('objects', 'bbox')")
   """
-  return repr(path[0]) if len(path) == 1 else repr(tuple(path))
+  return repr(ident(path))
+
+
+def ident(path: Path) -> str | Path:
+  """A feature as options take it: its top-level name, or its path when nested."""
+  return path[0] if len(path) == 1 else tuple(path)
 
 
 def as_path(feature: str | Path) -> Path:

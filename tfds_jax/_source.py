@@ -209,7 +209,7 @@ def from_arrays(
           f"Expected feature {key} to have a leading record axis, got a scalar;"
           " give it shape [num_records, ...]."
       )
-    lengths[path[0] if len(path) == 1 else path] = shape[0]
+    lengths[_features.ident(path)] = shape[0]
     if isinstance(value, np.ndarray):  # JAX's dtype: int64 -> int32 with x64 off, never wrapped
       value = to_jax_dtype(key, value, np.dtype(jax.dtypes.canonicalize_dtype(dtype)), label)
     converted[path] = value

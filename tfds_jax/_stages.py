@@ -78,7 +78,7 @@ class Stage:
                        " return the whole batch, e.g. {**batch, 'image': new_image}.")
     if len(sizes) == 1:
       size = sizes.pop()
-      changed = {_feat.name(k): np.shape(v)[:1] for k, v in _feat.flatten(out).items()
+      changed = {_feat.ident(k): np.shape(v)[:1] for k, v in _feat.flatten(out).items()
                  if np.shape(v)[:1] != (size,)}
       if changed:
         raise ValueError(

@@ -116,7 +116,8 @@ def compute_statistics(
          for p in counts if p[0] == "nan" and (counts[p] or counts[("inf",) + p[1:]])}
   if bad:
     raise ValueError(
-        f"Expected finite values in {sorted(map(_features.name, bad))} of {_source._label(source)},"  # pylint: disable=protected-access
+        f"Expected finite values in [{', '.join(map(_features.name, sorted(bad)))}] of"
+        f" {_source._label(source)},"  # pylint: disable=protected-access
         " got " + ", ".join(f"{_features.name(k)}: {nan} NaN and {inf} infinite of"
                             f" {n * _values(flat_spec[k])}" for k, (nan, inf) in sorted(bad.items()))
         + "; clean those records (or replace the values), or leave the feature out with"
