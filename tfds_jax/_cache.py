@@ -134,7 +134,7 @@ def read(key: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]
     if meta.get("format") != FORMAT or meta.get("key") != json.loads(json.dumps(key)):
       raise ValueError("it was written for another key or cache format")
     if tree_fingerprint(meta["tree"]) != meta["fingerprint"]:
-      log.warning("tfds_jax: cache at %s is stale (the dataset in %s changed); rebuilding it.",
+      log.warning("cache at %s is stale (the dataset in %s changed); rebuilding it.",
                   path, meta["tree"])
       shutil.rmtree(path, ignore_errors=True)
       return None
@@ -146,7 +146,7 @@ def read(key: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]
       arrays[feature["name"]] = _read_npy(file, tuple(feature["shape"]), np.dtype(feature["dtype"]))
     return arrays, meta["extra"]
   except (OSError, ValueError, KeyError, TypeError) as e:
-    log.warning("tfds_jax: cache at %s is damaged (%s); rebuilding it.", path, e)
+    log.warning("cache at %s is damaged (%s); rebuilding it.", path, e)
     shutil.rmtree(path, ignore_errors=True)
     return None
 
@@ -169,7 +169,7 @@ def write_async(key: Mapping[str, Any], arrays: Mapping[str, np.ndarray], tree: 
     try:
       write(key, arrays, tree, fingerprint, extra)
     except Exception as e:  # pylint: disable=broad-except
-      log.warning("tfds_jax: could not write the cache at %s (%s); loads will decode again.", path, e)
+      log.warning("could not write the cache at %s (%s); loads will decode again.", path, e)
 
   flush(key)
   thread = threading.Thread(target=work, name=f"tfds_jax-cache-{path.name}", daemon=False)
@@ -230,3 +230,17 @@ def write(key: Mapping[str, Any], arrays: Mapping[str, np.ndarray], tree: str | 
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   return path
+
+
+def peek(key: Mapping[str, Any]) -> dict[str, Any] | None:
+  """The metadata of the entry for ``key`` (features with shapes and dtypes), or None.
+
+  Reads only ``meta.json`` (nothing is verified: :func:`read` does that), so a
+  caller can size an entry without reading it or importing TensorFlow.
+  """
+  flush(key)
+  try:
+    meta = json.loads((entry_dir(key) / "meta.json").read_text())
+  except (OSError, ValueError):
+    return None
+  return meta if meta.get("format") == FORMAT and meta.get("key") == json.loads(json.dumps(key)) else None

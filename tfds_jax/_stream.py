@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tfds_jax import _array_record
+from tfds_jax import _cache
 from tfds_jax import _sharding
 from tfds_jax import _source
 from tfds_jax import _tfds
@@ -125,8 +126,8 @@ class Stream:
     if self.mode != RANDOM_ACCESS:
       raise ValueError(
           f"Expected a random-access stream for batch_at, got a tf.data stream of"
-          f" {self.name}[{self.split}] (TFRecord files); prepare it as ArrayRecord with"
-          f" `tfds-jax prepare {self.name} --file-format array_record`, or use next_batch.")
+          f" {self.name}[{self.split}] (TFRecord files); convert it to ArrayRecord once with"
+          f" `{_tfds.convert_command(self.name, self.info.data_dir)}`, or use next_batch.")
     if isinstance(start, jax.core.Tracer) or isinstance(seed, jax.core.Tracer):
       raise TypeError(_TRACED)
     start = int(start)
@@ -149,8 +150,8 @@ class Stream:
       raise ValueError(
           f"Expected a random-access stream in a multi-process run, got a tf.data stream of"
           f" {self.name}[{self.split}] (TFRecord files), which cannot read one process's rows"
-          f" alone; prepare it as ArrayRecord: `tfds-jax prepare {self.name} --file-format"
-          " array_record`.")
+          f" alone; convert it to ArrayRecord once with"
+          f" `{_tfds.convert_command(self.name, self.info.data_dir)}`.")
     rows = tuple(int(r) for r in _sharding.process_rows(sharding, size))
     return _sharding.assemble(self._batch((*key, rows)), size, sharding)
 
@@ -215,10 +216,9 @@ class Stream:
           " or preprocess function, or prepare the dataset again if its files are damaged.") from e
     if resumed and index:
       log.warning(
-          "tfds_jax: resumed the tf.data stream of %s at epoch %d, position %d by re-reading %d"
-          " records (%.2fs); ArrayRecord files resume instantly: `tfds-jax prepare %s"
-          " --file-format array_record`.", self._reader.label, epoch, index, index,
-          time.perf_counter() - start, self.name)
+          "resumed the tf.data stream of %s at epoch %d, position %d by re-reading %d"
+          " records (%.2fs); ArrayRecord files resume instantly: `%s`.", self._reader.label, epoch,
+          index, index, time.perf_counter() - start, _tfds.convert_command(self.name, self.info.data_dir))
     self._expected = (*_advance(key, self.num_records), size, seed)
     return {k: _to_jax(k, v, self._spec[k].dtype, self._device, self._reader.label)
             for k, v in tensors.items()}
@@ -345,6 +345,7 @@ class _TFDataReader:
     self._records = None
 
 
+@_tfds.quiet
 def stream(
     name: str,
     split: str,
@@ -441,8 +442,10 @@ def stream(
   if mode == RANDOM_ACCESS and not array_record:
     raise ValueError(
         f"Expected ArrayRecord files for a random-access stream of {b.name!r}, got"
-        f" {_tfds.file_format(b)} files in {b.data_dir}; prepare a copy with `tfds-jax prepare"
-        f" {b.name} --file-format array_record --data-dir OTHER_DIR`, or use mode='tf.data'.")
+        f" {_tfds.file_format(b)} files in {b.data_dir}; convert them once with"
+        f" `{_tfds.convert_command(_tfds.full_name(b), b.data_dir)}` (or tfds_jax.prepare(...,"
+        " file_format='array_record'): it writes ArrayRecord files next to these), or use"
+        " mode='tf.data'.")
   if mode == TF_DATA and array_record:
     raise ValueError(f"Expected TFRecord files for a tf.data stream of {b.name!r}, got ArrayRecord"
                      f" files in {b.data_dir}; use mode='random_access' (the default for them).")
@@ -495,6 +498,7 @@ def decoded_bytes(b, split: str, keys: list[str], decoders) -> tuple[int | None,
   return record * n, n
 
 
+@_tfds.quiet
 def from_tfds(
     name: str,
     split: str,
@@ -534,8 +538,9 @@ def from_tfds(
     >>> type(src).__name__  # doctest: +SKIP
     'Source'
   """
-  use_eager, reason = choose(name, split, eager=eager, memory_budget=memory_budget, **kwargs)
-  log.info("tfds_jax: from_tfds(%r, %r): %s", name, split, reason)
+  cached = _cached_choice(name, split, eager=eager, memory_budget=memory_budget, **kwargs)
+  use_eager, reason = cached or choose(name, split, eager=eager, memory_budget=memory_budget, **kwargs)
+  log.info("from_tfds(%r, %r): %s", name, split, reason)
   if use_eager:
     return _tfds.load(name, split, **{k: v for k, v in kwargs.items() if k in _LOAD_ONLY | _SHARED})
   return stream(name, split, **{k: v for k, v in kwargs.items() if k in _STREAM_ONLY | _SHARED})
@@ -546,6 +551,32 @@ _SHARED = frozenset({"data_dir", "as_supervised", "include_keys", "exclude_keys"
                      "device"})
 _LOAD_ONLY = frozenset({"cache"})
 _STREAM_ONLY = frozenset({"preprocess", "read_ahead", "num_threads", "shuffle_buffer_size", "mode"})
+
+
+def _cached_choice(name: str, split: str, *, eager: bool | None, memory_budget: int | None,
+                   **kwargs) -> tuple[bool, str] | None:
+  """``(True, reason)`` when the split is in the decoded cache and fits: load reads it back
+  without TensorFlow, so nothing needs the dataset's files; None to decide with TFDS."""
+  if eager is False or not kwargs.get("cache", True) or any(
+      kwargs.get(k) for k in ("preprocess", "decoders", "try_gcs")):
+    return None
+  key = _tfds.cache_key(name, split, **{k: kwargs[k] for k in ("data_dir", "as_supervised", "include_keys",
+                                                               "exclude_keys") if k in kwargs})
+  meta = _cache.peek(key)
+  try:
+    features = meta["features"] if meta is not None else None
+    nbytes = sum(int(np.prod(f["shape"], dtype=np.int64)) * np.dtype(f["dtype"]).itemsize for f in features)
+    n = int(features[0]["shape"][0])
+  except (KeyError, IndexError, TypeError, ValueError):
+    return None
+  if memory_budget is not None:
+    limit, where = int(memory_budget), "memory_budget"
+  else:
+    limit, where = _tfds.memory_free() if eager else _tfds.memory_budget()
+  if nbytes > limit:
+    return None  # choose() says why, with the dataset's own figures
+  size = f"{meta['extra'].get('name', name)}[{split}] is {_tfds.human(nbytes)} decoded ({n:,} records, cached)"
+  return True, f"eager{' (eager=True)' if eager else ''}: {size}, within {_tfds.human(limit)} ({where})"
 
 
 def choose(name: str, split: str, *, eager: bool | None = None, memory_budget: int | None = None,

@@ -7,13 +7,23 @@ takes memory from JAX.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import functools
 import importlib
+import importlib.util
+import json
 import logging
 import os
+import re
+import socket
 import sys
+import tempfile
+import threading
 import time
+import urllib.parse
+import urllib.request
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -45,13 +55,61 @@ class DatasetInfoRef:
 
 _INFOS: dict[str, Any] = {}
 
+# Messages TFDS logs (through absl) on tfds_jax's own calls that tell the user nothing
+# they can act on: deprecations inside TFDS, an empty version folder before the first
+# preparation, a conversion count TFDS logs unformatted.
+_NOISE = ("is deprecated", "Variant folder", "Amount of converted shards")
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
 
+
+class _DropNoise(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR or not any(n in str(record.msg) for n in _NOISE)
+
+
+_DROP_NOISE = _DropNoise()
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+  global _quiet_depth  # pylint: disable=global-statement
+  with _quiet_lock:
+    if _quiet_depth == 0:
+      logging.getLogger("absl").addFilter(_DROP_NOISE)
+    _quiet_depth += 1
+  try:
+    yield
+  finally:
+    with _quiet_lock:
+      _quiet_depth -= 1
+      if _quiet_depth == 0:
+        logging.getLogger("absl").removeFilter(_DROP_NOISE)
+
+
+def quiet(fn):
+  """Decorates a function that calls TFDS: while it runs, TFDS's known noise is dropped.
+
+  Only the messages in ``_NOISE`` (below ERROR), only on the ``absl`` logger, and
+  only while a decorated call is running; the user's logging configuration is
+  never changed.
+  """
+
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs):
+    with _quiet_tfds():
+      return fn(*args, **kwargs)
+
+  return wrapper
+
+
+@quiet
 def info(source: Source) -> Any:
   """Returns the TFDS ``DatasetInfo`` of a loaded source.
 
   It holds the description, features (with class names), splits and their
   sizes, citation and supervised keys. For a source read from the cache, the
-  first call reads ``dataset_info.json`` with TFDS.
+  first call reads ``dataset_info.json`` with TFDS (without TensorFlow).
 
   Args:
     source: a :class:`Source` made by :func:`load` (or given ``info=``).
@@ -76,19 +134,58 @@ def info(source: Source) -> Any:
   if not isinstance(ref, DatasetInfoRef):
     return ref
   if ref.data_dir not in _INFOS:
-    _, tfds = import_tf()
-    _INFOS[ref.data_dir] = tfds.builder_from_directory(ref.data_dir).info
+    _INFOS[ref.data_dir] = import_tfds().builder_from_directory(ref.data_dir).info
   return _INFOS[ref.data_dir]
+
+
+def import_tfds():
+  """Imports TFDS without TensorFlow (enough for builders, dataset info and features).
+
+  Returns:
+    The ``tensorflow_datasets`` module.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  return tfds
+
+
+_TF_MISSING = (
+    "Expected TensorFlow to read TFDS files, got none installed; install one:"
+    " `pip install 'tfds_jax[tf]'` (tensorflow-cpu, or tensorflow where there is no"
+    " tensorflow-cpu), or any flavour you prefer (tensorflow, tensorflow-cpu, tf-nightly)."
+    " Sources already in the decoded cache load without it.")
 
 
 def import_tf():
   """Imports TensorFlow and TFDS for reading, with TF kept off accelerators.
 
+  The first import prints TensorFlow's start-up banner at most once (it is
+  dropped: TF prints it once per shared library), and a missing or broken
+  TensorFlow is an ImportError saying what to install.
+
   Returns:
     ``(tf, tfds)``.
+
+  Raises:
+    ImportError: TensorFlow is not installed, or does not import.
   """
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   os.environ.setdefault("NO_GCE_CHECK", "true")  # offline: skip the GCE metadata probe
+  if sys.modules.get("tensorflow") is None:
+    try:
+      spec = importlib.util.find_spec("tensorflow")
+    except (ImportError, ValueError):
+      spec = None
+    if spec is None:
+      raise ImportError(_TF_MISSING)
+    try:
+      with _without_banner():
+        import tensorflow  # pylint: disable=import-outside-toplevel,unused-import
+    except ImportError as e:
+      raise ImportError(
+          f"Expected a working TensorFlow, got an ImportError importing it ({e}); two TensorFlow"
+          " flavours installed into one environment (tensorflow and tensorflow-cpu share one"
+          " folder) break each other: uninstall both and install one (`pip install"
+          " 'tfds_jax[tf]'` installs tensorflow-cpu).") from e
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   for kind in ("GPU", "TPU"):
     try:
@@ -103,8 +200,40 @@ def import_tf():
             " tfds_jax and load before using TensorFlow, or call"
             f" tf.config.set_visible_devices([], {kind!r}) first.",
             stacklevel=3)
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  return tf, tfds
+  return tf, import_tfds()
+
+
+_BANNER = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\) is called"
+                     r"|^I\d{4} .*\] oneDNN custom operations are on")
+
+
+@contextlib.contextmanager
+def _without_banner():
+  """Captures what the C++ side writes to stderr (file descriptor 2) meanwhile, and
+  writes it back without TensorFlow's start-up banner. Other threads' stderr output in
+  the meantime is delayed, never lost."""
+  try:
+    sys.stderr.flush()
+    saved = os.dup(2)
+  except (OSError, ValueError, AttributeError):  # no usable descriptor 2: leave it alone
+    yield
+    return
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    finally:
+      try:
+        sys.stderr.flush()
+      except (OSError, ValueError):
+        pass
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True)
+              if not _BANNER.search(line)]
+      if kept:
+        os.write(2, "".join(kept).encode())
 
 
 def base_name(name: str) -> str:
@@ -112,6 +241,7 @@ def base_name(name: str) -> str:
   return name.split(":")[0].split("/")[0]
 
 
+@quiet
 def builder(
     name: str,
     *,
@@ -120,12 +250,14 @@ def builder(
 ):
   """Returns the TFDS builder for ``name``, with a clear error for unknown names.
 
-  Embedded datasets (``digits``) are registered first.
+  Embedded datasets (``digits``) are registered first. Needs no TensorFlow
+  (TFDS reads builders, dataset info and features without it); what reads or
+  prepares the files imports it with :func:`import_tf`.
 
   Raises:
     ValueError: the dataset is unknown; the message lists close names.
   """
-  _, tfds = import_tf()
+  tfds = import_tfds()
   if base_name(name) in _EMBEDDED:
     importlib.import_module(_EMBEDDED[base_name(name)])
   try:
@@ -149,9 +281,15 @@ def ensure_prepared(
 ) -> None:
   """Downloads and prepares the dataset unless its files are already there.
 
+  Logs one line before and one after (logger ``tfds_jax``), in place of TFDS's
+  own prints; TFDS's progress bars stay (but for the embedded datasets, which
+  take well under a second). A download whose host cannot be reached fails at
+  once (TFDS would retry every file for about four minutes).
+
   Raises:
     FileNotFoundError: nothing is prepared and ``local_files_only`` is set or
       ``download`` is off; the message names the directory searched.
+    ConnectionError: a file must be downloaded and its host is unreachable.
   """
   if b.is_prepared():
     return
@@ -160,18 +298,91 @@ def ensure_prepared(
     raise FileNotFoundError(
         f"Expected prepared files for {b.name!r} (version {b.version}) in {b.data_dir},"
         f" found none, and {why} forbids preparing them; prepare it once with"
-        f" `tfds-jax prepare {b.name} --data-dir {os.path.dirname(os.path.dirname(b.data_dir))}`"
+        f" `tfds-jax prepare {full_name(b)} --data-dir {Path(b.data_dir).parents[1 + full_name(b).count('/')]}`"
         " (or tfds build), or pass the data_dir that holds it."
     )
+  import_tf()  # preparing runs TensorFlow: hide the accelerators from it first
   kwargs = dict(download_and_prepare_kwargs or {})
   if beam_num_workers is not None:
     kwargs["download_config"] = _beam_download_config(kwargs.get("download_config"), beam_num_workers)
-  print(f"tfds_jax: preparing {b.name} {b.version} in {b.data_dir} ...", file=sys.stderr, flush=True)
+  _fail_fast_offline(b)
+  for method in ("_log_download_bytes", "_log_download_done"):  # TFDS's prints of the same events
+    if hasattr(b, method):
+      setattr(b, method, lambda: None)
+  log.info("preparing %s %s in %s ...", full_name(b), b.version, b.data_dir)
   start = time.perf_counter()
-  b.download_and_prepare(**kwargs)
-  print(f"tfds_jax: prepared {b.name} in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
+  with _tfds_bars(base_name(b.name) not in _EMBEDDED):  # embedded ones take well under a second
+    b.download_and_prepare(**kwargs)
+  log.info("prepared %s %s in %.1fs", full_name(b), b.version, time.perf_counter() - start)
 
 
+@contextlib.contextmanager
+def _tfds_bars(show: bool):
+  """TFDS's progress bars on (as they were) or off meanwhile."""
+  from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=import-outside-toplevel
+  was = getattr(tqdm_utils, "_active", True)
+  tqdm_utils.display_progress_bar(show and was)
+  try:
+    yield
+  finally:
+    tqdm_utils.display_progress_bar(was)
+
+
+def _fail_fast_offline(b) -> None:
+  """Makes ``b``'s downloads check their host first: offline, TFDS would retry every
+  file for about four minutes (10 retries with exponential backoff) before failing.
+
+  Only downloads TFDS actually starts are checked (files it already has, mocked
+  preparation and builders that download nothing are untouched). Unknown TFDS
+  internals leave TFDS's behaviour as it is.
+  """
+  make = getattr(b, "_make_download_manager", None)
+  if make is None:
+    return
+
+  def make_checked(*args, **kwargs):
+    manager = make(*args, **kwargs)
+    try:
+      manager._DownloadManager__downloader = _CheckedDownloader(manager._downloader, b.name)  # pylint: disable=protected-access
+    except AttributeError:
+      pass
+    return manager
+
+  b._make_download_manager = make_checked  # pylint: disable=protected-access
+
+
+class _CheckedDownloader:
+  """TFDS's downloader, but a URL whose host (or proxy) cannot be reached fails at once."""
+
+  def __init__(self, downloader, name: str):
+    self._downloader, self._name, self._reached = downloader, name, set()
+
+  def __getattr__(self, attr):
+    return getattr(self._downloader, attr)
+
+  def download(self, url, destination_path, *args, **kwargs):
+    parts = urllib.parse.urlsplit(str(url))
+    if parts.scheme in ("http", "https"):
+      proxy = None if urllib.request.proxy_bypass(parts.hostname or "") else \
+          urllib.request.getproxies().get(parts.scheme)
+      where = urllib.parse.urlsplit(proxy) if proxy else parts
+      host, port = where.hostname, where.port or (443 if where.scheme == "https" else 80)
+      if (host, port) not in self._reached:
+        try:
+          socket.create_connection((host, port), timeout=10).close()
+        except OSError as e:
+          with contextlib.suppress(OSError):
+            os.rmdir(destination_path)  # the empty folder TFDS made for this download
+          raise ConnectionError(
+              f"Expected network access to download {self._name!r} ({url}), got none: connecting to"
+              f" {host}:{port}{' (the proxy)' if proxy else ''} failed ({e}); prepare it where there"
+              f" is network (`tfds-jax prepare {self._name} --data-dir DIR`), copy DIR here and load"
+              " with data_dir=DIR (local_files_only=True never tries to download).") from None
+        self._reached.add((host, port))
+    return self._downloader.download(url, destination_path, *args, **kwargs)
+
+
+@quiet
 def prepare(
     name: str,
     *,
@@ -181,6 +392,11 @@ def prepare(
     download_and_prepare_kwargs: Mapping[str, Any] | None = None,
 ) -> str:
   """Downloads and prepares a TFDS dataset (once), showing progress.
+
+  A dataset already prepared in another file format is converted: its records
+  are written again in ``file_format`` next to the old files (kept, and listed
+  as an alternative format), and the new format becomes the one every reader
+  uses; loads decoded from the old files are rebuilt from the new ones.
 
   Args:
     name: TFDS name, optionally with config and version.
@@ -192,6 +408,9 @@ def prepare(
   Returns:
     The directory of the prepared files.
 
+  Raises:
+    ValueError: unknown dataset or file format.
+
   Example:
     >>> import tfds_jax
     >>> tfds_jax.prepare("digits")  # doctest: +SKIP
@@ -201,10 +420,82 @@ def prepare(
   if file_format is not None:
     kwargs["file_format"] = file_format
   b = builder(name, data_dir=data_dir)
-  ensure_prepared(b, download_and_prepare_kwargs=kwargs, beam_num_workers=beam_num_workers)
+  if b.is_prepared() and kwargs.get("file_format") not in (None, _file_format(b)):
+    convert(b, kwargs["file_format"])
+  else:
+    ensure_prepared(b, download_and_prepare_kwargs=kwargs, beam_num_workers=beam_num_workers)
   return os.fspath(b.data_dir)
 
 
+def convert(b, to: str) -> None:
+  """Writes every split of prepared ``b`` again in file format ``to`` and makes it the default.
+
+  Each shard is read in order and written under the same name with the new
+  suffix (record order, split sizes and shard lengths stay the same); then
+  ``dataset_info.json`` names ``to`` as the file format and the old one as an
+  alternative (TFDS still reads it with ``ReadConfig(file_format=...)``).
+
+  Args:
+    b: a builder whose dataset is prepared.
+    to: ``"array_record"`` or ``"tfrecord"``.
+
+  Raises:
+    ValueError: ``to`` is not a format TFDS writes, or a shard holds another
+      number of records than the dataset info says.
+  """
+  import_tf()
+  from tensorflow_datasets.core import file_adapters  # pylint: disable=import-outside-toplevel
+  old = _file_format(b)
+  try:
+    target = file_adapters.FileFormat.from_value(to)
+    reader, writer = (file_adapters.ADAPTER_FOR_FORMAT[file_adapters.FileFormat.from_value(old)],
+                      file_adapters.ADAPTER_FOR_FORMAT[target])
+  except (KeyError, ValueError) as e:
+    raise ValueError(f"Expected file_format 'array_record' or 'tfrecord', got {to!r}; pick one"
+                     " of those.") from e
+  from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+  splits = list(b.info.splits.values())
+  log.info("converting %s %s in %s from %s to %s ...", full_name(b), b.version, b.data_dir, old, to)
+  start = time.perf_counter()
+  with tqdm(total=sum(s.num_examples for s in splits), desc=f"converting {b.name}", unit=" records",
+            unit_scale=True, delay=1.0, file=sys.stderr, leave=False) as bar:
+    for split in splits:
+      shards = len(split.shard_lengths)
+      for i, length in enumerate(split.shard_lengths):
+        src = split.filename_template.sharded_filepath(shard_index=i, num_shards=shards)
+        dst = split.filename_template.replace(filetype_suffix=target.file_suffix).sharded_filepath(
+            shard_index=i, num_shards=shards)
+        tmp = dst.parent / f".{dst.name}.tfds_jax-tmp-{os.getpid()}"
+        count = 0
+
+        def records(src=src):
+          nonlocal count
+          for record in reader.make_tf_data(src):
+            count += 1
+            bar.update(1)
+            yield count, record.numpy()
+
+        try:
+          writer.write_examples(tmp, records())
+          if count != length:
+            raise ValueError(f"Expected {length} records in {src} (from its dataset info), got {count};"
+                             " the prepared files are damaged: prepare the dataset again.")
+          tmp.rename(dst)
+        finally:
+          tmp.unlink(missing_ok=True)
+  path = Path(b.data_dir) / "dataset_info.json"
+  meta = json.loads(path.read_text())
+  meta["fileFormat"] = to
+  meta["alternativeFileFormats"] = [old] + [f for f in meta.get("alternativeFileFormats", []) if f not in (to, old)]
+  tmp = path.with_name(f".dataset_info.json.tfds_jax-tmp-{os.getpid()}")
+  tmp.write_text(json.dumps(meta, indent=4))
+  os.replace(tmp, path)
+  _INFOS.pop(os.fspath(b.data_dir), None)
+  log.info("converted %s %s to %s in %.1fs (the %s files stay, as an alternative format)",
+           full_name(b), b.version, to, time.perf_counter() - start, old)
+
+
+@quiet
 def describe(name: str, *, data_dir: str | os.PathLike | None = None) -> str:
   """Returns a readable summary of a dataset: features, splits, decoded sizes.
 
@@ -419,7 +710,7 @@ def strings_to_drop(spec: Mapping[str, Any], asked: set[str], label: str) -> lis
         " map them to ids with a decoder, or read them with tfds directly."
     )
   if strings:
-    warnings.warn(f"tfds_jax: dropping string feature(s) {strings} of {label}:"
+    warnings.warn(f"dropping string feature(s) {strings} of {label}:"
                   " JAX arrays cannot hold strings (exclude_keys silences this).", stacklevel=4)
   return strings
 
@@ -457,6 +748,9 @@ _EAGER_FIX = "pass a decoder that resizes or pads them (decoders={...}), stream 
 def file_format(b) -> str:
   """``"tfrecord"`` or ``"array_record"``: how ``b``'s dataset was prepared."""
   return str(getattr(b.info.file_format, "value", b.info.file_format) or "tfrecord")
+
+
+_file_format = file_format  # for functions whose file_format parameter shadows it
 
 
 def _check_specs(b, split: str, keys: list[str], decoders, asked: set[str]):
@@ -560,6 +854,7 @@ def _read_all(b, split: str, keys: list[str], decoders, n: int | None, specs: Ma
   return out
 
 
+@quiet
 def load(
     name: str,
     split: str,
@@ -636,21 +931,18 @@ def load(
         f"Expected at most one of include_keys and exclude_keys, got both"
         f" ({sorted(include_keys)} and {sorted(exclude_keys)}); keep one."
     )
-  key = {"format": _cache.FORMAT, "name": name, "split": split, "x64": bool(jax.config.jax_enable_x64),
-         "data_dir": os.fspath(data_dir) if data_dir is not None else os.environ.get("TFDS_DATA_DIR"),
-         "as_supervised": bool(as_supervised),
-         "include_keys": None if include_keys is None else sorted(_as_set(include_keys)),
-         "exclude_keys": None if exclude_keys is None else sorted(_as_set(exclude_keys))}
+  key = cache_key(name, split, data_dir=data_dir, as_supervised=as_supervised,
+                  include_keys=include_keys, exclude_keys=exclude_keys)
   use_cache = cache and not decoders and not try_gcs
   if use_cache:
     hit = _cache.read(key)  # no TensorFlow on this path
     if hit is not None:
       arrays, meta = hit
-      log.info("tfds_jax: loaded %s[%s] from cache %s", meta["name"], split, _cache.entry_dir(key))
+      log.info("loaded %s[%s] from cache %s", meta["name"], split, _cache.entry_dir(key))
       return from_arrays(arrays, name=meta["name"], split=split,
                          info=DatasetInfoRef(meta["info_dir"]), device=device)
   elif cache:
-    log.info("tfds_jax: not caching %s[%s]: %s.", name, split,
+    log.info("not caching %s[%s]: %s.", name, split,
              "custom decoders cannot be fingerprinted" if decoders else "files read from GCS")
   b = builder(name, data_dir=data_dir, try_gcs=try_gcs)
   ensure_prepared(b, download=download, local_files_only=local_files_only,
@@ -676,13 +968,30 @@ def load(
   else:
     keys, specs = _check_specs(b, split, keys, decoders, asked)
     arrays = _read_all(b, split, keys, decoders, num_records, specs, label)
-  log.info("tfds_jax: decoded %s in %.2fs", label, time.perf_counter() - start)
+  log.info("decoded %s in %.2fs", label, time.perf_counter() - start)
   ref = info_ref(b)
   if use_cache:
     extra = {"name": full_name(b), "version": str(b.version), "config": config, "keys": keys,
              "info_dir": ref.data_dir}
     _cache.write_async(key, arrays, tree, fingerprint, extra)
   return from_arrays(arrays, name=full_name(b), split=split, info=ref, device=device)
+
+
+def cache_key(name: str, split: str, *, data_dir=None, as_supervised: bool = False,
+              include_keys: Iterable[str] | None = None,
+              exclude_keys: Iterable[str] | None = None) -> dict[str, Any]:
+  """The decoded-cache key of a :func:`load` request (JSON-able)."""
+  return {"format": _cache.FORMAT, "name": name, "split": split, "x64": bool(jax.config.jax_enable_x64),
+          "data_dir": os.fspath(data_dir) if data_dir is not None else os.environ.get("TFDS_DATA_DIR"),
+          "as_supervised": bool(as_supervised),
+          "include_keys": None if include_keys is None else sorted(_as_set(include_keys)),
+          "exclude_keys": None if exclude_keys is None else sorted(_as_set(exclude_keys))}
+
+
+def convert_command(name: str, data_dir: str | os.PathLike) -> str:
+  """The command that converts the dataset prepared in ``data_dir`` (its version folder) to ArrayRecord."""
+  root = Path(data_dir).parents[1 + name.count("/")]
+  return f"tfds-jax prepare {name} --file-format array_record --data-dir {root}"
 
 
 def full_name(b) -> str:
