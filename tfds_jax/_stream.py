@@ -279,7 +279,7 @@ def _cpu_record_indices(n: int, epoch: int, index: int, offsets: Iterable[int],
 def _to_jax(key: str, tensor, dtype, device, label: str) -> jax.Array:
   """A CPU TF tensor as a JAX array on ``device``: shared through DLPack when the
   dtype is already JAX's, else converted (integers range-checked)."""
-  if tensor.dtype.as_numpy_dtype == dtype:
+  if tensor.dtype.as_numpy_dtype == dtype and hasattr(tensor, "__dlpack__"):  # TF 2.18 tensors lack it
     x = jax.dlpack.from_dlpack(tensor)
   else:
     x = _tfds.to_jax_dtype(key, tensor.numpy(), np.dtype(dtype), label)

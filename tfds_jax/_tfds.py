@@ -91,8 +91,9 @@ def quiet(fn):
   """Decorates a function that calls TFDS: while it runs, TFDS's known noise is dropped.
 
   Only the messages in ``_NOISE`` (below ERROR), only on the ``absl`` logger, and
-  only while a decorated call is running; the user's logging configuration is
-  never changed.
+  only while a decorated call is running (a filter on that logger, removed when
+  the last such call returns); nothing else in the logging configuration is
+  touched.
   """
 
   @functools.wraps(fn)
@@ -158,9 +159,9 @@ _TF_MISSING = (
 def import_tf():
   """Imports TensorFlow and TFDS for reading, with TF kept off accelerators.
 
-  The first import prints TensorFlow's start-up banner at most once (it is
-  dropped: TF prints it once per shared library), and a missing or broken
-  TensorFlow is an ImportError saying what to install.
+  The first import does not print TensorFlow's start-up banner (which TF
+  prints once per shared library: twice), and a missing or broken TensorFlow
+  is an ImportError saying what to install.
 
   Returns:
     ``(tf, tfds)``.
@@ -179,7 +180,8 @@ def import_tf():
       raise ImportError(_TF_MISSING)
     try:
       with _without_banner():
-        import tensorflow  # pylint: disable=import-outside-toplevel,unused-import
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        _hide_accelerators(tf)  # the first listing of devices logs too ("failed call to cuInit")
     except ImportError as e:
       raise ImportError(
           f"Expected a working TensorFlow, got an ImportError importing it ({e}); two TensorFlow"
@@ -187,6 +189,11 @@ def import_tf():
           " folder) break each other: uninstall both and install one (`pip install"
           " 'tfds_jax[tf]'` installs tensorflow-cpu).") from e
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  _hide_accelerators(tf)
+  return tf, import_tfds()
+
+
+def _hide_accelerators(tf) -> None:
   for kind in ("GPU", "TPU"):
     try:
       if tf.config.list_physical_devices(kind):
@@ -199,12 +206,14 @@ def import_tf():
             f" ({visible}); it may take accelerator memory from JAX. Import"
             " tfds_jax and load before using TensorFlow, or call"
             f" tf.config.set_visible_devices([], {kind!r}) first.",
-            stacklevel=3)
-  return tf, import_tfds()
+            stacklevel=4)
 
 
+# TensorFlow's start-up lines: the note that absl logs to stderr, the oneDNN notice (once
+# per shared library), and CUDA's "no GPU here" from a GPU build (TF never uses one here).
 _BANNER = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\) is called"
-                     r"|^I\d{4} .*\] oneDNN custom operations are on")
+                     r"|\] oneDNN custom operations are on"
+                     r"|\] failed call to cuInit")
 
 
 @contextlib.contextmanager
