@@ -114,7 +114,7 @@ def test_checkpoint_resumes_exactly():
   restored = tfds_jax.state_from_dict(_pipe(10), saved)
   resumed, _ = _run(_pipe(10), restored, 4)
   _equal(_cat(expected), _cat(resumed))
-  with pytest.raises(ValueError, match="Expected a checkpoint for a dataset of 20 records"):
+  with pytest.raises(ValueError, match="Expected a checkpoint for 20 records"):
     tfds_jax.state_from_dict(_pipe(10, source=tfds_jax.from_arrays({k: v[:20] for k, v in DATA.items()})), saved)
 
 

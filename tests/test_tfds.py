@@ -314,19 +314,6 @@ def test_a_load_without_tensorflow_fails_at_once_saying_what_to_install(tmp_path
   assert not (tmp_path / "digits" / "1.0.0").exists()  # failed before preparing anything
 
 
-class ToyDownload(tfds.core.GeneratorBasedBuilder):
-  """A dataset whose source file sits on a host nothing listens on."""
-
-  VERSION = tfds.core.Version("1.0.0")
-
-  def _info(self):
-    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({"x": np.int32}))
-
-  def _split_generators(self, dl_manager):
-    path = dl_manager.download("http://127.0.0.1:9/toy.bin")  # the discard port: refused
-    return {"train": ((i, {"x": i}) for i in range(len(path.read_bytes())))}
-
-
 def test_an_unreachable_download_fails_at_once(tmp_path):
   import time  # pylint: disable=import-outside-toplevel
   start = time.perf_counter()

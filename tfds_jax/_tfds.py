@@ -172,11 +172,7 @@ def import_tf():
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   os.environ.setdefault("NO_GCE_CHECK", "true")  # offline: skip the GCE metadata probe
   if sys.modules.get("tensorflow") is None:
-    try:
-      spec = importlib.util.find_spec("tensorflow")
-    except (ImportError, ValueError):
-      spec = None
-    if spec is None:
+    if not _tf_installed():
       raise ImportError(_TF_MISSING)
     try:
       with _without_banner():
@@ -278,6 +274,17 @@ def builder(
     raise ValueError(
         f"Expected a TFDS dataset name, got {name!r}, which TFDS does not know; {hint}"
     ) from e
+  except Exception as e:  # pylint: disable=broad-except
+    if not _tf_installed():  # older TFDS (< 4.9.10) cannot make some builders without TF
+      raise ImportError(_TF_MISSING) from e
+    raise
+
+
+def _tf_installed() -> bool:
+  try:
+    return sys.modules.get("tensorflow") is not None or importlib.util.find_spec("tensorflow") is not None
+  except (ImportError, ValueError):
+    return False
 
 
 def ensure_prepared(
@@ -610,8 +617,8 @@ def _beam_download_config(config, workers: int):
   except ImportError as e:
     raise ImportError(
         f"Expected apache-beam to be installed for beam_num_workers={workers}, got"
-        " ImportError; install it with `pip install apache-beam` (in a tfds_jax checkout,"
-        " `uv run --extra beam` installs the pinned version)."
+        " ImportError; install it with `pip install 'tfds_jax[beam]'` (in a tfds_jax checkout:"
+        " `uv run --extra beam`)."
     ) from e
   options = PipelineOptions(
       direct_num_workers=workers, direct_running_mode="multi_processing" if workers > 1 else "in_memory")
