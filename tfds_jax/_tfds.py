@@ -471,6 +471,11 @@ def convert(b, to: str) -> None:
                      " of those.") from e
   from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
   splits = list(b.info.splits.values())
+  if not splits or any(split.filename_template is None for split in splits):
+    raise ValueError(
+        f"Expected the dataset info of {full_name(b)} in {b.data_dir} to name its files, got"
+        " splits without file names (prepared by an old TFDS); prepare it again in a new"
+        f" directory: `tfds-jax prepare {full_name(b)} --file-format {to} --data-dir NEW_DIR`.")
   log.info("converting %s %s in %s from %s to %s ...", full_name(b), b.version, b.data_dir, old, to)
   start = time.perf_counter()
   with tqdm(total=sum(s.num_examples for s in splits), desc=f"converting {b.name}", unit=" records",
