@@ -315,9 +315,8 @@ def test_a_load_without_tensorflow_fails_at_once_saying_what_to_install(tmp_path
 
 
 def test_an_unreachable_download_fails_at_once(tmp_path):
-  import time  # pylint: disable=import-outside-toplevel
-  start = time.perf_counter()
+  # TFDS alone retries the refused connection 10 times with backoff (minutes) and then
+  # raises requests' error; this one comes from the check before the first attempt.
   with pytest.raises(ConnectionError, match=r"Expected network access to download 'toy_download'"
                      r" \(http://127.0.0.1:9/toy.bin\), got none: connecting to 127.0.0.1:9 failed"):
     tfds_jax.load("toy_download", "train", data_dir=tmp_path)
-  assert time.perf_counter() - start < 60  # TFDS alone retries for minutes
