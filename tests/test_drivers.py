@@ -1,5 +1,10 @@
 """run_steps / run_epochs: the same batches as next_batch, in one jit; seeds vmapped; resumable."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -127,3 +132,148 @@ def test_drivers_over_a_stream_equal_the_eager_run(toy):
       want = tfds_jax.run_epochs(step, jnp.float32(0), other, tfds_jax.init(other, seed=5, shuffle=True),
                                  2, size, progress=False)
       _close(got, want)
+
+
+def metric_step(carry, batch):
+  new = train_step(carry, batch)
+  return new, {"loss": _loss(carry[0], batch), "first": batch["x"][0, 0], "n": jnp.int32(batch["x"].shape[0])}
+
+
+def _python_metrics(source, state, steps, batch_size=None):
+  carry, step, out = _carry(), jax.jit(metric_step), []
+  for _ in range(steps):
+    batch, state = tfds_jax.next_batch(source, state, batch_size)
+    carry, m = step(carry, batch)
+    out.append(m)
+  return carry, state, jax.tree.map(lambda *xs: np.stack(xs), *out)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_run_steps_collects_metrics(fused):
+  state = tfds_jax.init(SOURCE, seed=3, shuffle=True)
+  want_carry, want_state, want = _python_metrics(SOURCE, state, 13, 8)
+  carry, end, stacked = tfds_jax.run_steps(metric_step, _carry(), SOURCE, state, 13, 8, metrics="stack", fused=fused)
+  _close((carry, end), (want_carry, want_state))
+  assert stacked["loss"].shape == (13,) and stacked["n"].dtype == jnp.int32
+  _close(stacked, want)
+  _, _, mean = tfds_jax.run_steps(metric_step, _carry(), SOURCE, state, 13, 8, metrics="mean", fused=fused)
+  _, _, total = tfds_jax.run_steps(metric_step, _carry(), SOURCE, state, 13, 8, metrics="sum", fused=fused)
+  _close(mean, jax.tree.map(lambda x: x.astype(np.float32).mean(0), want))
+  assert int(total["n"]) == 13 * 8 and mean["n"].dtype == jnp.float32
+  _close(total["loss"], want["loss"].sum())
+  _, _, none = tfds_jax.run_steps(metric_step, _carry(), SOURCE, state, 0, 8, metrics="stack", fused=fused)
+  assert none["loss"].shape == (0,)
+
+
+def test_run_epochs_collects_metrics_per_epoch_and_passes_them_to_the_callback():
+  state = tfds_jax.init(SOURCE, seed=1, shuffle=True)
+  _, _, want = _python_metrics(SOURCE, state, 17, 8)  # 6, 6 and 5 steps: see the test above
+  seen = []
+  for progress, fused in ((False, True), (True, True), (False, False)):
+    _, end, history = tfds_jax.run_epochs(
+        metric_step, _carry(), SOURCE, state, 3, 8, metrics="stack", progress=progress, fused=fused,
+        on_epoch_end=lambda e, c, s, m: seen.append((e, int(s.epoch), m["loss"].shape[0])))
+    assert [h["loss"].shape[0] for h in history] == [6, 6, 5] and int(end.epoch) == 3
+    _close(np.concatenate([h["loss"] for h in history]), want["loss"])
+  assert seen == [(0, 1, 6), (1, 2, 6), (2, 3, 5)] * 3
+  _, _, means = tfds_jax.run_epochs(metric_step, _carry(), SOURCE, state, 3, 8, metrics="mean", progress=False)
+  _close([h["loss"] for h in means], [want["loss"][a:b].mean() for a, b in ((0, 6), (6, 12), (12, 17))])
+
+
+def test_drivers_metrics_over_a_stream(toy_dirs):
+  def step(total, batch):
+    return total + jnp.sum(batch["label"]), {"labels": batch["label"]}
+
+  eager = tfds_jax.load("toy_images", "train", data_dir=toy_dirs["array_record"], include_keys=["image", "label"],
+                        cache=False)
+  with tfds_jax.stream("toy_images", "train", data_dir=toy_dirs["array_record"], include_keys=["image", "label"]) as s:
+    for metrics in ("stack", "sum"):
+      got = tfds_jax.run_steps(step, jnp.int32(0), s, tfds_jax.init(s, seed=2, shuffle=True), 9, 6, metrics=metrics)
+      want = tfds_jax.run_steps(step, jnp.int32(0), eager, tfds_jax.init(eager, seed=2, shuffle=True), 9, 6,
+                                metrics=metrics)
+      _close(got, want)
+    got = tfds_jax.run_epochs(step, jnp.int32(0), s, tfds_jax.init(s, seed=2, shuffle=True), 2, 6, metrics="stack",
+                              progress=False)
+  want = tfds_jax.run_epochs(step, jnp.int32(0), eager, tfds_jax.init(eager, seed=2, shuffle=True), 2, 6,
+                             metrics="stack", progress=False)
+  _close(got, want)
+
+
+def test_metrics_runs_trace_the_step_once():
+  step = chex.assert_max_traces(metric_step, n=1)
+  state = tfds_jax.init(SOURCE, seed=1, shuffle=True)
+  carry, state, _ = tfds_jax.run_epochs(step, _carry(), SOURCE, state, 2, 8, metrics="mean", progress=False)
+  tfds_jax.run_steps(step, carry, SOURCE, state, 4, 8, metrics="mean")
+
+
+def test_driver_errors():
+  state = tfds_jax.init(SOURCE)
+  with pytest.raises(ValueError, match="Expected num_steps >= 0, got -3"):
+    tfds_jax.run_steps(train_step, _carry(), SOURCE, state, -3, 8)
+  for bad in (2.5, True, "3"):
+    with pytest.raises(TypeError, match="Expected num_steps to be a static Python int, got"):
+      tfds_jax.run_steps(train_step, _carry(), SOURCE, state, bad, 8)
+  with pytest.raises(ValueError, match="Expected num_epochs >= 0, got -1"):
+    tfds_jax.run_epochs(train_step, _carry(), SOURCE, state, -1, 8)
+  with pytest.raises(ValueError, match=r"Expected metrics to be one of \[None, 'stack', 'mean', 'sum'\], got 'avg'"):
+    tfds_jax.run_steps(metric_step, _carry(), SOURCE, state, 3, 8, metrics="avg")
+  with pytest.raises(TypeError, match=r"it returns \(carry, metrics\): pass metrics='stack'"):
+    tfds_jax.run_steps(metric_step, _carry(), SOURCE, state, 3, 8)  # Flax style without the opt-in
+  with pytest.raises(TypeError, match=r"Expected train_step to return \(carry, metrics\) with metrics='mean'"):
+    tfds_jax.run_steps(train_step, _carry(), SOURCE, state, 3, 8, metrics="mean")
+  with pytest.raises(TypeError, match="Expected train_step to return a carry of the structure it was given"):
+    tfds_jax.run_steps(lambda c, b: c[:2], _carry(), SOURCE, state, 3, 8)
+  with pytest.raises(TypeError, match=r"keep the carry's leaf \[2\] as float32\[\], got float32\[3\]"):
+    tfds_jax.run_steps(lambda c, b: (c[0], c[1], b["x"][0]), _carry(), SOURCE, state, 3, 8)
+  with pytest.raises(TypeError, match=r"keep the carry's leaf \(root\) as int32\[\], got float32\[\]"):
+    tfds_jax.run_epochs(lambda c, b: c + b["y"].sum(), jnp.int32(0), SOURCE, state, 1, 8, progress=False)
+  with pytest.raises(TypeError, match="run_epochs runs a Python loop .*cannot run inside jit"):
+    jax.jit(lambda s: tfds_jax.run_epochs(train_step, _carry(), SOURCE, s, 1, 8)[0])(state)
+
+
+def test_run_steps_passes_sharding_to_next_batch():
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
+  mesh = Mesh(np.array(jax.devices()[:4]), ("data",))
+  source = tfds_jax.from_arrays(DATA, device=NamedSharding(mesh, P()))
+  sharding = NamedSharding(mesh, P("data"))
+  shardings = []
+
+  def step(carry, batch):
+    shardings.append(batch["x"].sharding if hasattr(batch["x"], "sharding") else None)
+    return train_step(carry, batch), {"first": batch["x"][:, 0]}
+
+  state = tfds_jax.init(source, seed=3, shuffle=True)
+  got = tfds_jax.run_steps(step, _carry(), source, state, 5, 8, metrics="stack", sharding=sharding)
+  want = tfds_jax.run_steps(step, _carry(), SOURCE, state, 5, 8, metrics="stack")
+  _close(got, want)
+  unfused = tfds_jax.run_epochs(step, _carry(), source, state, 1, 8, metrics="stack", sharding=sharding,
+                                fused=False, progress=False)
+  _close(unfused[2][0]["first"][:5], want[2]["first"])
+
+
+def test_progress_bar_and_callback_output_get_lines_of_their_own(tmp_path):
+  script = tmp_path / "run.py"
+  script.write_text(textwrap.dedent("""
+      import time, jax, jax.numpy as jnp, numpy as np, tfds_jax
+      src = tfds_jax.from_arrays({"x": np.ones((20, 1), np.float32)})
+      def slow(c, b):
+        return jax.pure_callback(lambda x: (time.sleep(0.08), x)[1], jax.ShapeDtypeStruct((), jnp.float32),
+                                 c + b["x"].sum())
+      tfds_jax.run_epochs(slow, jnp.float32(0), src, tfds_jax.init(src), 2, 1,
+                          on_epoch_end=lambda e, c, s: print(f"callback epoch {e} state.epoch {int(s.epoch)}"))
+  """))
+  out = subprocess.run([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       env={**os.environ, "PYTHONUNBUFFERED": "1", "JAX_PLATFORMS": "cpu"}, check=True).stdout
+  screen = [_render(line) for line in out.decode().split("\n")]  # what a terminal shows
+  assert "callback epoch 0 state.epoch 1" in screen and "callback epoch 1 state.epoch 2" in screen, screen
+  bars = [line for line in screen if "rec/s" in line or "rec]" in line]
+  assert bars and all(line.startswith("epoch ") for line in bars), screen
+  assert any(line.startswith("epoch 1 (of 0..1)") for line in bars), screen  # counted as the callback counts
+
+
+def _render(line):
+  """A terminal line after carriage returns: later text overwrites from column 0."""
+  cells = []
+  for part in line.split("\r"):
+    cells[:len(part)] = list(part)
+  return "".join(cells).rstrip()

@@ -1,5 +1,7 @@
 """The command line and the demo, the README's main command."""
 
+import os
+import re
 import subprocess
 import sys
 
@@ -71,3 +73,56 @@ def test_array_record_prepared_data_loads_and_info_says_how_it_would_stream(tmp_
   from_tfrecord = tfds_jax.load("digits", "test", data_dir=str(tmp_path / "tfrecord"), cache=False)
   for k in from_ar.data:
     np.testing.assert_array_equal(np.asarray(from_ar.data[k]), np.asarray(from_tfrecord.data[k]))
+
+
+def test_version():
+  import importlib.metadata  # pylint: disable=import-outside-toplevel
+  import tfds_jax  # pylint: disable=import-outside-toplevel
+  result = subprocess.run([sys.executable, "-m", "tfds_jax", "--version"], capture_output=True, text=True)
+  assert result.returncode == 0 and result.stdout.strip() == f"tfds-jax {tfds_jax.__version__}"
+  assert tfds_jax.__version__ == importlib.metadata.version("tfds_jax")
+
+
+def test_cold_demo_prints_one_line_per_event(tmp_path):
+  env = {**os.environ, "TFDS_DATA_DIR": str(tmp_path / "data"), "TFDS_JAX_CACHE_DIR": str(tmp_path / "cache"),
+         "JAX_PLATFORMS": "cpu"}
+  result = subprocess.run([sys.executable, "-m", "tfds_jax", "demo", "--epochs", "1"], capture_output=True,
+                          text=True, env=env)
+  assert result.returncode == 0, result.stderr
+  err = [line for line in result.stderr.splitlines()  # less progress bars (shown after a second)
+         if line.strip() and not re.search(r"\d+%\|.*\| .*/s\]$", line.split("\r")[-1])]
+  assert [line.split(" in ")[0] for line in err] == [
+      "tfds_jax: preparing digits 1.0.0", "tfds_jax: prepared digits 1.0.0", "tfds_jax: decoded digits[train]",
+      "tfds_jax: decoded digits[test]"], result.stderr  # no TF banner, absl notes or root-logger copies
+  out = result.stdout.splitlines()
+  assert len(out) == 3 and out[0].startswith("digits/1.0.0: 1437 train / 360 test records"), result.stdout
+  assert out[1].startswith("epoch   1/1  loss") and out[2].startswith("final test accuracy")
+
+
+def test_prepare_converts_a_dataset_prepared_in_another_format(tmp_path, capsys, monkeypatch):
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import tfds_jax  # pylint: disable=import-outside-toplevel
+  monkeypatch.setenv("TFDS_JAX_CACHE_DIR", str(tmp_path / "cache"))
+  data = tmp_path / "data"
+  assert cli.main(["prepare", "digits", "--data-dir", str(data)]) == 0
+  eager = tfds_jax.load("digits", "test", data_dir=data)
+  with pytest.raises(ValueError, match="convert them once with `tfds-jax prepare digits --file-format array_record"
+                                       f" --data-dir {data}`"):
+    tfds_jax.stream("digits", "test", data_dir=data, mode="random_access")
+  capsys.readouterr()
+  assert cli.main(["prepare", "digits", "--data-dir", str(data), "--file-format", "array_record"]) == 0
+  captured = capsys.readouterr()
+  assert "tfds_jax: converting digits 1.0.0 in" in captured.err and "from tfrecord to array_record" in captured.err
+  assert "tfds_jax: converted digits 1.0.0 to array_record in" in captured.err
+  assert f"prepared digits in {data / 'digits' / '1.0.0'}" in captured.out
+  names = sorted(p.name for p in (data / "digits" / "1.0.0").iterdir())
+  assert "digits-test.array_record-00000-of-00001" in names and "digits-test.tfrecord-00000-of-00001" in names
+  with tfds_jax.stream("digits", "test", data_dir=data) as s:
+    assert s.mode == "random_access"
+    batch, _ = tfds_jax.next_batch(s, tfds_jax.init(s), 360)  # the records, in the same order
+  again = tfds_jax.load("digits", "test", data_dir=data)  # the cache of the TFRecord-era load is stale
+  for k in ("image", "label"):
+    np.testing.assert_array_equal(np.asarray(batch[k]), np.asarray(eager.data[k]))
+    np.testing.assert_array_equal(np.asarray(again.data[k]), np.asarray(eager.data[k]))
+  assert cli.main(["prepare", "digits", "--data-dir", str(data), "--file-format", "array_record"]) == 0
+  assert "converting" not in capsys.readouterr().err  # already in that format: nothing to do

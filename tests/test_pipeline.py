@@ -110,7 +110,7 @@ def test_checkpoint_resumes_exactly():
   state = tfds_jax.init(pipe, seed=123)
   testing.assert_resumes(pipe, state, 9, restore_at=5)
   saved = tfds_jax.state_to_dict(pipe, state)
-  with pytest.raises(ValueError, match="Expected a checkpoint for a dataset of 20 records"):
+  with pytest.raises(ValueError, match="Expected a checkpoint for 20 records"):
     tfds_jax.state_from_dict(_pipe(10, source=tfds_jax.from_arrays({k: v[:20] for k, v in DATA.items()})), saved)
 
 

@@ -399,7 +399,7 @@ def test_damaged_shards_are_named_and_close_never_raises(tmp_path, mode):
 
 def test_bad_input(dirs, ra):
   d = dirs["array_record"]
-  with pytest.raises(ValueError, match=r"ArrayRecord files for a random-access stream .* prepare a copy"):
+  with pytest.raises(ValueError, match=r"ArrayRecord files for a random-access stream .* convert them once with `tfds-jax prepare toy_images --file-format array_record --data-dir"):
     tfds_jax.stream("toy_images", "train", data_dir=dirs["tfrecord"], mode="random_access")
   with pytest.raises(ValueError, match="such as \\['test', 'train'\\]"):
     tfds_jax.stream("toy_images", "validation", data_dir=d)

@@ -434,3 +434,49 @@ def test_shuffled_iteration_over_a_loaded_split(data_dir):
     seen.append(np.asarray(batch["label"]))
   assert int(state.epoch) == 1 and int(state.index) == 0
   np.testing.assert_array_equal(np.sort(np.concatenate(seen)), np.sort(_as_numpy(data_dir, "train")["label"]))
+
+
+_TF_FREE = """
+import sys, tfds_jax
+from tfds_jax import _tfds
+D = sys.argv[1]
+source = tfds_jax.load("digits", "train", data_dir=D)
+assert tfds_jax.info(source).features["label"].num_classes == 10
+assert type(tfds_jax.from_tfds("digits", "train", data_dir=D)).__name__ == "Source"
+assert "train: 1,437 records" in _tfds.describe("digits", data_dir=D)
+print("imported:", sorted(m for m in ("tensorflow", "keras") if m in sys.modules))
+"""
+
+
+def test_cached_loads_info_from_tfds_and_describe_never_import_tensorflow(tmp_path, cache_dir):
+  tfds_jax.load("digits", "train", data_dir=tmp_path / "data")  # prepares and caches
+  _cache.flush()
+  out = subprocess.run([sys.executable, "-c", _TF_FREE, str(tmp_path / "data")], capture_output=True, text=True,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert out.returncode == 0, out.stderr
+  assert "imported: []" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_load_without_tensorflow_fails_at_once_saying_what_to_install(tmp_path):
+  code = ("import sys, importlib.machinery as m\n"
+          "class NoTF(m.PathFinder):  # as if TensorFlow were not installed\n"
+          "  @classmethod\n"
+          "  def find_spec(cls, name, path=None, target=None):\n"
+          "    return None if name.split('.')[0] == 'tensorflow' else super().find_spec(name, path, target)\n"
+          "sys.meta_path[:] = [NoTF if f is m.PathFinder else f for f in sys.meta_path]\n"
+          "import tfds_jax\n"
+          f"tfds_jax.load('digits', 'train', data_dir={str(tmp_path)!r}, cache=False)")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert out.returncode == 1
+  assert "ImportError: Expected TensorFlow to read TFDS files, got none installed; install one:" \
+         " `pip install 'tfds_jax[tf]'`" in out.stderr, out.stderr
+  assert not (tmp_path / "digits" / "1.0.0").exists()  # failed before preparing anything
+
+
+def test_an_unreachable_download_fails_at_once(tmp_path):
+  # TFDS alone retries the refused connection 10 times with backoff (minutes) and then
+  # raises requests' error; this one comes from the check before the first attempt.
+  with pytest.raises(ConnectionError, match=r"Expected network access to download 'toy_download'"
+                     r" \(http://127.0.0.1:9/toy.bin\), got none: connecting to 127.0.0.1:9 failed"):
+    tfds_jax.load("toy_download", "train", data_dir=tmp_path)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+from pathlib import Path
+
+_BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "run_all.py"
 
 
 def _positive(text: str) -> int:
@@ -18,10 +22,12 @@ def _positive(text: str) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+  from tfds_jax import __version__  # pylint: disable=import-outside-toplevel
   p = argparse.ArgumentParser(
       prog="tfds-jax",
       description="TensorFlow Datasets inside jitted JAX programs.",
   )
+  p.add_argument("--version", action="version", version=f"tfds-jax {__version__}")
   sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
   demo = sub.add_parser(
       "demo", help="train a small MLP inside one jitted fori_loop per epoch",
@@ -40,7 +46,7 @@ def parser() -> argparse.ArgumentParser:
                         " record counts and decoded sizes (what load would hold in memory).")
   info.add_argument("name", help="TFDS dataset name, e.g. mnist or digits")
   info.add_argument("--data-dir", default=None, help="TFDS data directory")
-  prep = sub.add_parser("prepare", help="download and prepare a dataset, with progress",
+  prep = sub.add_parser("prepare", help="download and prepare a dataset, with progress (or convert its file format)",
                         description="Downloads and prepares a TFDS dataset once, so that"
                         " load(..., local_files_only=True) can read it offline.")
   prep.add_argument("name", help="TFDS dataset name, e.g. mnist or digits")
@@ -49,7 +55,8 @@ def parser() -> argparse.ArgumentParser:
                     help="array_record allows random access (default: TFDS's, tfrecord)")
   prep.add_argument("--beam-num-workers", type=_positive, default=None,
                     help="processes for Beam-based datasets (needs apache-beam: uv run --extra beam)")
-  bench = sub.add_parser("bench", help="build the benchmark data and run every figure",
+  bench = sub.add_parser("bench", help="build the benchmark data and run every figure" + (
+                             "" if _BENCH.exists() else " (only in a source checkout of tfds_jax)"),
                          description="Runs benchmarks/run_all.py from a source checkout: builds the"
                          " benchmark datasets, runs every figure against tf.data, Grain and datarax,"
                          " and writes BENCHMARKS.md with tables and plots.")
@@ -60,25 +67,63 @@ def parser() -> argparse.ArgumentParser:
 
 def _bench(args) -> int:
   import subprocess  # pylint: disable=import-outside-toplevel
-  from pathlib import Path  # pylint: disable=import-outside-toplevel
-  script = Path(__file__).resolve().parent.parent / "benchmarks" / "run_all.py"
+  script = _BENCH
   if not script.exists():
     raise FileNotFoundError(
-        f"Expected the benchmarks in a source checkout at {script.parent}, got none; run"
-        " `tfds-jax bench` from a clone of the tfds_jax repository.")
+        f"Expected the benchmarks of a source checkout at {script.parent}, got none (this is an"
+        " installed tfds_jax); clone the tfds_jax repository and run, in it, `python3 -m uv run"
+        " --locked --extra tf --group bench tfds-jax bench`.")
   flags = [f for f, on in (("--quick", args.quick), ("--no-datarax", args.no_datarax)) if on]
   return subprocess.run([sys.executable, str(script), *flags], cwd=script.parent.parent).returncode
 
 
+@contextlib.contextmanager
+def _log_to_stderr():
+  """While the command runs, tfds_jax's log lines go to stderr once each, as ``tfds_jax: message``.
+
+  Its own handler, and no propagation: a handler that a dependency puts on the
+  root logger (``logging.basicConfig``) would print every line a second time.
+  The logger is left as it was found afterwards (``main`` may run in a test or
+  a notebook).
+  """
+  logger = logging.getLogger("tfds_jax")
+  saved = logger.level, logger.propagate
+  handler = _Stderr()
+  handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+  logger.setLevel(logging.INFO)
+  logger.propagate = False
+  logger.addHandler(handler)
+  try:
+    yield
+  finally:
+    logger.removeHandler(handler)
+    logger.setLevel(saved[0])
+    logger.propagate = saved[1]
+
+
+class _Stderr(logging.StreamHandler):
+  """A handler writing to whatever ``sys.stderr`` is when a record comes."""
+
+  @property
+  def stream(self):
+    return sys.stderr
+
+  @stream.setter
+  def stream(self, value):
+    del value
+
+
 def main(argv: list[str] | None = None) -> int:
   args = parser().parse_args(argv)
-  logger = logging.getLogger("tfds_jax")
-  logger.setLevel(logging.INFO)
-  if not logger.handlers:  # main() may run more than once in a process
-    logger.addHandler(logging.StreamHandler(sys.stderr))
-  from tfds_jax import _demo, _tfds  # pylint: disable=import-outside-toplevel
+  with _log_to_stderr():
+    return _run(args)
+
+
+def _run(args) -> int:
+  from tfds_jax import _tfds  # pylint: disable=import-outside-toplevel
   try:
     if args.command == "demo":
+      from tfds_jax import _demo  # pylint: disable=import-outside-toplevel
       _demo.run(args.dataset, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                 data_dir=args.data_dir, test_split=args.test_split)
     elif args.command == "info":
@@ -89,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
       path = _tfds.prepare(args.name, data_dir=args.data_dir, file_format=args.file_format,
                            beam_num_workers=args.beam_num_workers)
       print(f"prepared {args.name} in {path}")
-  except (ValueError, FileNotFoundError, ImportError) as e:
+  except (ValueError, FileNotFoundError, ImportError, ConnectionError) as e:
     print(f"tfds-jax {args.command}: error: {e}", file=sys.stderr)
     return 2
   return 0

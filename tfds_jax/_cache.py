@@ -193,7 +193,7 @@ def write_async(key: Mapping[str, Any], arrays: Mapping[str, np.ndarray], tree: 
     try:
       write(key, arrays, tree, fingerprint, extra)
     except Exception as e:  # pylint: disable=broad-except
-      log.warning("tfds_jax: could not write the cache at %s (%s); loads will decode again.", path, e)
+      log.warning("could not write the cache at %s (%s); loads will decode again.", path, e)
 
   flush(key)
   thread = threading.Thread(target=work, name=f"tfds_jax-cache-{path.name}", daemon=False)
@@ -289,3 +289,17 @@ def _alive(pid: int) -> bool:
   except OSError:  # no permission: it exists
     return True
   return True
+
+
+def peek(key: Mapping[str, Any]) -> dict[str, Any] | None:
+  """The metadata of the entry for ``key`` (features with shapes and dtypes), or None.
+
+  Reads only ``meta.json`` (nothing is verified: :func:`read` does that), so a
+  caller can size an entry without reading it or importing TensorFlow.
+  """
+  flush(key)
+  try:
+    meta = json.loads((entry_dir(key) / "meta.json").read_text())
+  except (OSError, ValueError):
+    return None
+  return meta if meta.get("format") == FORMAT and meta.get("key") == json.loads(json.dumps(key)) else None

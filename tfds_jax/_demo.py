@@ -16,7 +16,12 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
+
+try:
+  import optax
+except ImportError as e:
+  raise ImportError("Expected optax for the demo, got none installed; install the demo's extra:"
+                    " `pip install 'tfds_jax[demo]'` (in a checkout: `uv run --extra demo`).") from e
 
 from tfds_jax._source import SourceState, init, next_batch
 from tfds_jax._tfds import info as dataset_info

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tfds_jax import _array_record
+from tfds_jax import _cache
 from tfds_jax import _features
 from tfds_jax import _sharding
 from tfds_jax import _source
@@ -166,8 +167,8 @@ class Stream:
     if self.mode != RANDOM_ACCESS:
       raise ValueError(
           f"Expected a random-access stream for batch_at, got a tf.data stream of"
-          f" {self.name}[{self.split}] (TFRecord files); prepare it as ArrayRecord with"
-          f" `tfds-jax prepare {self.name} --file-format array_record`, or use next_batch.")
+          f" {self.name}[{self.split}] (TFRecord files); convert it to ArrayRecord once with"
+          f" `{_tfds.convert_command(self.name, self.info.data_dir)}`, or use next_batch.")
     if isinstance(start, jax.core.Tracer) or isinstance(seed, jax.core.Tracer):
       raise TypeError(_TRACED)
     start = _source.check_start(start)
@@ -188,8 +189,8 @@ class Stream:
       raise ValueError(
           f"Expected a random-access stream in a multi-process run, got a tf.data stream of"
           f" {self.name}[{self.split}] (TFRecord files), which cannot read one process's rows"
-          f" alone; prepare it as ArrayRecord: `tfds-jax prepare {self.name} --file-format"
-          " array_record`.")
+          f" alone; convert it to ArrayRecord once with"
+          f" `{_tfds.convert_command(self.name, self.info.data_dir)}`.")
     rows = tuple(int(r) for r in _sharding.process_rows(sharding, size))
     return _sharding.assemble(self._batch((*key, rows)), size, sharding)
 
@@ -246,10 +247,9 @@ class Stream:
       raise self._reader.failure(e, epoch, index, size, seed) from e
     if resumed and index:
       log.warning(
-          "tfds_jax: resumed the tf.data stream of %s at epoch %d, position %d by re-reading %d"
-          " records (%.2fs); ArrayRecord files resume instantly: `tfds-jax prepare %s"
-          " --file-format array_record`.", self._reader.label, epoch, index, index,
-          time.perf_counter() - start, self.name)
+          "resumed the tf.data stream of %s at epoch %d, position %d by re-reading %d"
+          " records (%.2fs); ArrayRecord files resume instantly: `%s`.", self._reader.label, epoch,
+          index, index, time.perf_counter() - start, _tfds.convert_command(self.name, self.info.data_dir))
     self._expected = (*_advance(key, self.num_records), size, seed)
     cut: dict = {}
     return _batch_to_jax(self._reader.finish(epoch, index, tensors, cut), self._spec, self._device,
@@ -346,7 +346,7 @@ def _cpu_record_indices(n: int, epoch: int, index: int, offsets: Iterable[int],
 def _to_jax(key: str, tensor, dtype, device, label: str) -> jax.Array:
   """A CPU TF tensor as a JAX array on ``device``: shared through DLPack when the
   dtype is already JAX's, else converted (integers range-checked)."""
-  if tensor.dtype.as_numpy_dtype == dtype:
+  if tensor.dtype.as_numpy_dtype == dtype and hasattr(tensor, "__dlpack__"):  # TF 2.18 tensors lack it
     x = jax.dlpack.from_dlpack(tensor)
   else:
     x = _tfds.to_jax_dtype(key, tensor.numpy(), np.dtype(dtype), label)
@@ -478,6 +478,7 @@ class _TFDataReader:
     self._decoding = None
 
 
+@_tfds.quiet
 def stream(
     name: str,
     split: str,
@@ -588,8 +589,10 @@ def stream(
   if mode == RANDOM_ACCESS and not array_record:
     raise ValueError(
         f"Expected ArrayRecord files for a random-access stream of {_tfds.full_name(b)!r}, got"
-        f" {_tfds.file_format(b)} files in {b.data_dir}; prepare a copy with `tfds-jax prepare"
-        f" {_tfds.full_name(b)} --file-format array_record --data-dir OTHER_DIR`, or use mode='tf.data'.")
+        f" {_tfds.file_format(b)} files in {b.data_dir}; convert them once with"
+        f" `{_tfds.convert_command(_tfds.full_name(b), b.data_dir)}` (or tfds_jax.prepare(...,"
+        " file_format='array_record'): it writes ArrayRecord files next to these), or use"
+        " mode='tf.data'.")
   if mode == TF_DATA and array_record:
     raise ValueError(f"Expected TFRecord files for a tf.data stream of {_tfds.full_name(b)!r}, got ArrayRecord"
                      f" files in {b.data_dir}; use mode='random_access' (the default for them).")
@@ -645,6 +648,7 @@ def decoded_bytes(b, split: str, keys: list[str], decoders, shapes, asked: set[s
   return record * n, n, plan
 
 
+@_tfds.quiet
 def from_tfds(
     name: str,
     split: str,
@@ -686,8 +690,9 @@ def from_tfds(
   """
   _tfds.check_request(name, split, device=kwargs.get("device"),
                       beam_num_workers=kwargs.get("beam_num_workers"))
-  use_eager, reason = choose(name, split, eager=eager, memory_budget=memory_budget, **kwargs)
-  log.info("tfds_jax: from_tfds(%r, %r): %s", name, split, reason)
+  cached = _cached_choice(name, split, eager=eager, memory_budget=memory_budget, **kwargs)
+  use_eager, reason = cached or choose(name, split, eager=eager, memory_budget=memory_budget, **kwargs)
+  log.info("from_tfds(%r, %r): %s", name, split, reason)
   if use_eager:
     return _tfds.load(name, split, **{k: v for k, v in kwargs.items() if k in _LOAD_ONLY | _SHARED})
   return stream(name, split, **{k: v for k, v in kwargs.items() if k in _STREAM_ONLY | _SHARED})
@@ -699,6 +704,34 @@ _SHARED = frozenset({"data_dir", "as_supervised", "include_keys", "exclude_keys"
                      "device"})
 _LOAD_ONLY = frozenset({"cache"})
 _STREAM_ONLY = frozenset({"preprocess", "read_ahead", "num_threads", "shuffle_buffer_size", "mode"})
+
+
+def _cached_choice(name: str, split: str, *, eager: bool | None, memory_budget: int | None,
+                   **kwargs) -> tuple[bool, str] | None:
+  """``(True, reason)`` when the split is in the decoded cache and fits: load reads it back
+  without TensorFlow, so nothing needs the dataset's files; None to decide with TFDS."""
+  if eager is False or not kwargs.get("cache", True) or any(
+      kwargs.get(k) for k in ("preprocess", "decoders", "try_gcs")):
+    return None
+  if _features.cache_key(kwargs.get("shapes")) is None:  # a tokenizer without cache_key: never cached
+    return None
+  key = _tfds.cache_key(name, split, **{k: kwargs[k] for k in ("data_dir", "as_supervised", "include_keys",
+                                                               "exclude_keys", "shapes") if k in kwargs})
+  meta = _cache.peek(key)
+  try:
+    features = meta["features"] if meta is not None else None
+    nbytes = sum(int(np.prod(f["shape"], dtype=np.int64)) * np.dtype(f["dtype"]).itemsize for f in features)
+    n = int(features[0]["shape"][0])
+  except (KeyError, IndexError, TypeError, ValueError):
+    return None
+  if memory_budget is not None:
+    limit, where = int(memory_budget), "memory_budget"
+  else:
+    limit, where = _tfds.memory_free() if eager else _tfds.memory_budget()
+  if nbytes > limit:
+    return None  # choose() says why, with the dataset's own figures
+  size = f"{meta['extra'].get('name', name)}[{split}] is {_tfds.human(nbytes)} decoded ({n:,} records, cached)"
+  return True, f"eager{' (eager=True)' if eager else ''}: {size}, within {_tfds.human(limit)} ({where})"
 
 
 def choose(name: str, split: str, *, eager: bool | None = None, memory_budget: int | None = None,

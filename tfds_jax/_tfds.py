@@ -7,14 +7,23 @@ takes memory from JAX.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import functools
 import importlib
+import importlib.util
 import json
 import logging
 import os
+import re
+import socket
 import sys
+import tempfile
+import threading
 import time
+import urllib.parse
+import urllib.request
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -48,13 +57,62 @@ class DatasetInfoRef:
 
 _INFOS: dict[str, Any] = {}
 
+# Messages TFDS logs (through absl) on tfds_jax's own calls that tell the user nothing
+# they can act on: deprecations inside TFDS, an empty version folder before the first
+# preparation, a conversion count TFDS logs unformatted.
+_NOISE = ("is deprecated", "Variant folder", "Amount of converted shards")
+_quiet_lock = threading.Lock()
+_quiet_depth = 0
 
+
+class _DropNoise(logging.Filter):
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR or not any(n in str(record.msg) for n in _NOISE)
+
+
+_DROP_NOISE = _DropNoise()
+
+
+@contextlib.contextmanager
+def _quiet_tfds():
+  global _quiet_depth  # pylint: disable=global-statement
+  with _quiet_lock:
+    if _quiet_depth == 0:
+      logging.getLogger("absl").addFilter(_DROP_NOISE)
+    _quiet_depth += 1
+  try:
+    yield
+  finally:
+    with _quiet_lock:
+      _quiet_depth -= 1
+      if _quiet_depth == 0:
+        logging.getLogger("absl").removeFilter(_DROP_NOISE)
+
+
+def quiet(fn):
+  """Decorates a function that calls TFDS: while it runs, TFDS's known noise is dropped.
+
+  Only the messages in ``_NOISE`` (below ERROR), only on the ``absl`` logger, and
+  only while a decorated call is running (a filter on that logger, removed when
+  the last such call returns); nothing else in the logging configuration is
+  touched.
+  """
+
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs):
+    with _quiet_tfds():
+      return fn(*args, **kwargs)
+
+  return wrapper
+
+
+@quiet
 def info(source: Source) -> Any:
   """Returns the TFDS ``DatasetInfo`` of a loaded source.
 
   It holds the description, features (with class names), splits and their
   sizes, citation and supervised keys. For a source read from the cache, the
-  first call reads ``dataset_info.json`` with TFDS.
+  first call reads ``dataset_info.json`` with TFDS (without TensorFlow).
 
   Args:
     source: a :class:`Source` made by :func:`load` (or given ``info=``).
@@ -79,20 +137,61 @@ def info(source: Source) -> Any:
   if not isinstance(ref, DatasetInfoRef):
     return ref
   if ref.data_dir not in _INFOS:
-    _, tfds = import_tf()
-    _INFOS[ref.data_dir] = tfds.builder_from_directory(ref.data_dir).info
+    _INFOS[ref.data_dir] = import_tfds().builder_from_directory(ref.data_dir).info
   return _INFOS[ref.data_dir]
+
+
+def import_tfds():
+  """Imports TFDS without TensorFlow (enough for builders, dataset info and features).
+
+  Returns:
+    The ``tensorflow_datasets`` module.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  return tfds
+
+
+_TF_MISSING = (
+    "Expected TensorFlow to read TFDS files, got none installed; install one:"
+    " `pip install 'tfds_jax[tf]'` (tensorflow-cpu, or tensorflow where there is no"
+    " tensorflow-cpu), or any flavour you prefer (tensorflow, tensorflow-cpu, tf-nightly)."
+    " Sources already in the decoded cache load without it.")
 
 
 def import_tf():
   """Imports TensorFlow and TFDS for reading, with TF kept off accelerators.
 
+  The first import does not print TensorFlow's start-up banner (which TF
+  prints once per shared library: twice), and a missing or broken TensorFlow
+  is an ImportError saying what to install.
+
   Returns:
     ``(tf, tfds)``.
+
+  Raises:
+    ImportError: TensorFlow is not installed, or does not import.
   """
   os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
   os.environ.setdefault("NO_GCE_CHECK", "true")  # offline: skip the GCE metadata probe
+  if sys.modules.get("tensorflow") is None:
+    if not _tf_installed():
+      raise ImportError(_TF_MISSING)
+    try:
+      with _without_banner():
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        _hide_accelerators(tf)  # the first listing of devices logs too ("failed call to cuInit")
+    except ImportError as e:
+      raise ImportError(
+          f"Expected a working TensorFlow, got an ImportError importing it ({e}); two TensorFlow"
+          " flavours installed into one environment (tensorflow and tensorflow-cpu share one"
+          " folder) break each other: uninstall both and install one (`pip install"
+          " 'tfds_jax[tf]'` installs tensorflow-cpu).") from e
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  _hide_accelerators(tf)
+  return tf, import_tfds()
+
+
+def _hide_accelerators(tf) -> None:
   for kind in ("GPU", "TPU"):
     try:
       if tf.config.list_physical_devices(kind):
@@ -105,9 +204,43 @@ def import_tf():
             f" ({visible}); it may take accelerator memory from JAX. Import"
             " tfds_jax and load before using TensorFlow, or call"
             f" tf.config.set_visible_devices([], {kind!r}) first.",
-            stacklevel=3)
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  return tf, tfds
+            stacklevel=4)
+
+
+# TensorFlow's start-up lines: the note that absl logs to stderr, the oneDNN notice (once
+# per shared library), and CUDA's "no GPU here" from a GPU build (TF never uses one here).
+_BANNER = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\) is called"
+                     r"|\] oneDNN custom operations are on"
+                     r"|\] failed call to cuInit")
+
+
+@contextlib.contextmanager
+def _without_banner():
+  """Captures what the C++ side writes to stderr (file descriptor 2) meanwhile, and
+  writes it back without TensorFlow's start-up banner. Other threads' stderr output in
+  the meantime is delayed, never lost."""
+  try:
+    sys.stderr.flush()
+    saved = os.dup(2)
+  except (OSError, ValueError, AttributeError):  # no usable descriptor 2: leave it alone
+    yield
+    return
+  with tempfile.TemporaryFile() as captured:
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    finally:
+      try:
+        sys.stderr.flush()
+      except (OSError, ValueError):
+        pass
+      os.dup2(saved, 2)
+      os.close(saved)
+      captured.seek(0)
+      kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True)
+              if not _BANNER.search(line)]
+      if kept:
+        os.write(2, "".join(kept).encode())
 
 
 def base_name(name: str) -> str:
@@ -115,6 +248,7 @@ def base_name(name: str) -> str:
   return name.split(":")[0].split("/")[0]
 
 
+@quiet
 def builder(
     name: str,
     *,
@@ -126,7 +260,9 @@ def builder(
   Embedded datasets (``digits``) are registered first, unless the data
   directory holds a prepared dataset of that name that the embedded builder
   did not write (the user's own): that one is read as it is, with its own
-  features, never through the embedded builder.
+  features, never through the embedded builder. Needs no TensorFlow (TFDS
+  reads builders, dataset info and features without it); what reads or
+  prepares the files imports it with :func:`import_tf`.
 
   Raises:
     TypeError: ``name`` is not a string.
@@ -134,7 +270,7 @@ def builder(
       TFDS cannot build the version or config asked for.
   """
   check_request(name)
-  _, tfds = import_tf()
+  tfds = import_tfds()
   if base_name(name) in _EMBEDDED:
     theirs = _foreign_prepared(name, data_dir)
     if theirs is not None:
@@ -157,7 +293,17 @@ def builder(
         f"Expected a version and config of {base_name(name)!r} that TFDS can build, got"
         f" {name!r}: {reason}; pass one of those (or just {base_name(name)!r} for the latest)."
     ) from e
+  except Exception as e:  # pylint: disable=broad-except
+    if not _tf_installed():  # older TFDS (< 4.9.10) cannot make some builders without TF
+      raise ImportError(_TF_MISSING) from e
+    raise
 
+
+def _tf_installed() -> bool:
+  try:
+    return sys.modules.get("tensorflow") is not None or importlib.util.find_spec("tensorflow") is not None
+  except (ImportError, ValueError):
+    return False
 
 def _foreign_prepared(name: str, data_dir: str | os.PathLike | None) -> str | None:
   """The directory of a prepared dataset named like an embedded one in
@@ -225,9 +371,15 @@ def ensure_prepared(
 ) -> None:
   """Downloads and prepares the dataset unless its files are already there.
 
+  Logs one line before and one after (logger ``tfds_jax``), in place of TFDS's
+  own prints; TFDS's progress bars stay (but for the embedded datasets, which
+  take well under a second). A download whose host cannot be reached fails at
+  once (TFDS would retry every file for about four minutes).
+
   Raises:
     FileNotFoundError: nothing is prepared and ``local_files_only`` is set or
       ``download`` is off; the message names the directory searched.
+    ConnectionError: a file must be downloaded and its host is unreachable.
   """
   if b.is_prepared():
     return
@@ -239,15 +391,88 @@ def ensure_prepared(
         f" `tfds-jax prepare {full_name(b)} --data-dir {data_dir_root(b)}`"
         " (or tfds build), or pass the data_dir that holds it."
     )
+  import_tf()  # preparing runs TensorFlow: hide the accelerators from it first
   kwargs = dict(download_and_prepare_kwargs or {})
   if beam_num_workers is not None:
     kwargs["download_config"] = _beam_download_config(kwargs.get("download_config"), beam_num_workers)
-  print(f"tfds_jax: preparing {b.name} {b.version} in {b.data_dir} ...", file=sys.stderr, flush=True)
+  _fail_fast_offline(b)
+  for method in ("_log_download_bytes", "_log_download_done"):  # TFDS's prints of the same events
+    if hasattr(b, method):
+      setattr(b, method, lambda: None)
+  log.info("preparing %s %s in %s ...", full_name(b), b.version, b.data_dir)
   start = time.perf_counter()
-  b.download_and_prepare(**kwargs)
-  print(f"tfds_jax: prepared {b.name} in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
+  with _tfds_bars(base_name(b.name) not in _EMBEDDED):  # embedded ones take well under a second
+    b.download_and_prepare(**kwargs)
+  log.info("prepared %s %s in %.1fs", full_name(b), b.version, time.perf_counter() - start)
 
 
+@contextlib.contextmanager
+def _tfds_bars(show: bool):
+  """TFDS's progress bars on (as they were) or off meanwhile."""
+  from tensorflow_datasets.core.utils import tqdm_utils  # pylint: disable=import-outside-toplevel
+  was = getattr(tqdm_utils, "_active", True)
+  tqdm_utils.display_progress_bar(show and was)
+  try:
+    yield
+  finally:
+    tqdm_utils.display_progress_bar(was)
+
+
+def _fail_fast_offline(b) -> None:
+  """Makes ``b``'s downloads check their host first: offline, TFDS would retry every
+  file for about four minutes (10 retries with exponential backoff) before failing.
+
+  Only downloads TFDS actually starts are checked (files it already has, mocked
+  preparation and builders that download nothing are untouched). Unknown TFDS
+  internals leave TFDS's behaviour as it is.
+  """
+  make = getattr(b, "_make_download_manager", None)
+  if make is None:
+    return
+
+  def make_checked(*args, **kwargs):
+    manager = make(*args, **kwargs)
+    try:
+      manager._DownloadManager__downloader = _CheckedDownloader(manager._downloader, b.name)  # pylint: disable=protected-access
+    except AttributeError:
+      pass
+    return manager
+
+  b._make_download_manager = make_checked  # pylint: disable=protected-access
+
+
+class _CheckedDownloader:
+  """TFDS's downloader, but a URL whose host (or proxy) cannot be reached fails at once."""
+
+  def __init__(self, downloader, name: str):
+    self._downloader, self._name, self._reached = downloader, name, set()
+
+  def __getattr__(self, attr):
+    return getattr(self._downloader, attr)
+
+  def download(self, url, destination_path, *args, **kwargs):
+    parts = urllib.parse.urlsplit(str(url))
+    if parts.scheme in ("http", "https"):
+      proxy = None if urllib.request.proxy_bypass(parts.hostname or "") else \
+          urllib.request.getproxies().get(parts.scheme)
+      where = urllib.parse.urlsplit(proxy) if proxy else parts
+      host, port = where.hostname, where.port or (443 if where.scheme == "https" else 80)
+      if (host, port) not in self._reached:
+        try:
+          socket.create_connection((host, port), timeout=10).close()
+        except OSError as e:
+          with contextlib.suppress(OSError):
+            os.rmdir(destination_path)  # the empty folder TFDS made for this download
+          raise ConnectionError(
+              f"Expected network access to download {self._name!r} ({url}), got none: connecting to"
+              f" {host}:{port}{' (the proxy)' if proxy else ''} failed ({e}); prepare it where there"
+              f" is network (`tfds-jax prepare {self._name} --data-dir DIR`), copy DIR here and load"
+              " with data_dir=DIR (local_files_only=True never tries to download).") from None
+        self._reached.add((host, port))
+    return self._downloader.download(url, destination_path, *args, **kwargs)
+
+
+@quiet
 def prepare(
     name: str,
     *,
@@ -257,6 +482,11 @@ def prepare(
     download_and_prepare_kwargs: Mapping[str, Any] | None = None,
 ) -> str:
   """Downloads and prepares a TFDS dataset (once), showing progress.
+
+  A dataset already prepared in another file format is converted: its records
+  are written again in ``file_format`` next to the old files (kept, and listed
+  as an alternative format), and the new format becomes the one every reader
+  uses; loads decoded from the old files are rebuilt from the new ones.
 
   Args:
     name: TFDS name, optionally with config and version.
@@ -283,10 +513,87 @@ def prepare(
   if file_format is not None:
     kwargs["file_format"] = file_format
   b = builder(name, data_dir=data_dir)
-  ensure_prepared(b, download_and_prepare_kwargs=kwargs, beam_num_workers=beam_num_workers)
+  if b.is_prepared() and kwargs.get("file_format") not in (None, _file_format(b)):
+    convert(b, kwargs["file_format"])
+  else:
+    ensure_prepared(b, download_and_prepare_kwargs=kwargs, beam_num_workers=beam_num_workers)
   return os.fspath(b.data_dir)
 
 
+def convert(b, to: str) -> None:
+  """Writes every split of prepared ``b`` again in file format ``to`` and makes it the default.
+
+  Each shard is read in order and written under the same name with the new
+  suffix (record order, split sizes and shard lengths stay the same); then
+  ``dataset_info.json`` names ``to`` as the file format and the old one as an
+  alternative (TFDS still reads it with ``ReadConfig(file_format=...)``).
+
+  Args:
+    b: a builder whose dataset is prepared.
+    to: ``"array_record"`` or ``"tfrecord"``.
+
+  Raises:
+    ValueError: ``to`` is not a format TFDS writes, or a shard holds another
+      number of records than the dataset info says.
+  """
+  import_tf()
+  from tensorflow_datasets.core import file_adapters  # pylint: disable=import-outside-toplevel
+  old = _file_format(b)
+  try:
+    target = file_adapters.FileFormat.from_value(to)
+    reader, writer = (file_adapters.ADAPTER_FOR_FORMAT[file_adapters.FileFormat.from_value(old)],
+                      file_adapters.ADAPTER_FOR_FORMAT[target])
+  except (KeyError, ValueError) as e:
+    raise ValueError(f"Expected file_format 'array_record' or 'tfrecord', got {to!r}; pick one"
+                     " of those.") from e
+  from tqdm.auto import tqdm  # pylint: disable=import-outside-toplevel
+  splits = list(b.info.splits.values())
+  if not splits or any(split.filename_template is None for split in splits):
+    raise ValueError(
+        f"Expected the dataset info of {full_name(b)} in {b.data_dir} to name its files, got"
+        " splits without file names (prepared by an old TFDS); prepare it again in a new"
+        f" directory: `tfds-jax prepare {full_name(b)} --file-format {to} --data-dir NEW_DIR`.")
+  log.info("converting %s %s in %s from %s to %s ...", full_name(b), b.version, b.data_dir, old, to)
+  start = time.perf_counter()
+  with tqdm(total=sum(s.num_examples for s in splits), desc=f"converting {b.name}", unit=" records",
+            unit_scale=True, delay=1.0, file=sys.stderr, leave=False) as bar:
+    for split in splits:
+      shards = len(split.shard_lengths)
+      for i, length in enumerate(split.shard_lengths):
+        src = split.filename_template.sharded_filepath(shard_index=i, num_shards=shards)
+        dst = split.filename_template.replace(filetype_suffix=target.file_suffix).sharded_filepath(
+            shard_index=i, num_shards=shards)
+        tmp = dst.parent / f".{dst.name}.tfds_jax-tmp-{os.getpid()}"
+        count = 0
+
+        def records(src=src):
+          nonlocal count
+          for record in reader.make_tf_data(src):
+            count += 1
+            bar.update(1)
+            yield count, record.numpy()
+
+        try:
+          writer.write_examples(tmp, records())
+          if count != length:
+            raise ValueError(f"Expected {length} records in {src} (from its dataset info), got {count};"
+                             " the prepared files are damaged: prepare the dataset again.")
+          tmp.rename(dst)
+        finally:
+          tmp.unlink(missing_ok=True)
+  path = Path(b.data_dir) / "dataset_info.json"
+  meta = json.loads(path.read_text())
+  meta["fileFormat"] = to
+  meta["alternativeFileFormats"] = [old] + [f for f in meta.get("alternativeFileFormats", []) if f not in (to, old)]
+  tmp = path.with_name(f".dataset_info.json.tfds_jax-tmp-{os.getpid()}")
+  tmp.write_text(json.dumps(meta, indent=4))
+  os.replace(tmp, path)
+  _INFOS.pop(os.fspath(b.data_dir), None)
+  log.info("converted %s %s to %s in %.1fs (the %s files stay, as an alternative format)",
+           full_name(b), b.version, to, time.perf_counter() - start, old)
+
+
+@quiet
 def describe(name: str, *, data_dir: str | os.PathLike | None = None) -> str:
   """Returns a readable summary of a dataset: features, splits, decoded sizes.
 
@@ -415,8 +722,8 @@ def _beam_download_config(config, workers: int):
   except ImportError as e:
     raise ImportError(
         f"Expected apache-beam to be installed for beam_num_workers={workers}, got"
-        " ImportError; install it with `pip install apache-beam` (in a tfds_jax checkout,"
-        " `uv run --extra beam` installs the pinned version)."
+        " ImportError; install it with `pip install 'tfds_jax[beam]'` (in a tfds_jax checkout:"
+        " `uv run --extra beam`)."
     ) from e
   options = PipelineOptions(
       direct_num_workers=workers, direct_running_mode="multi_processing" if workers > 1 else "in_memory")
@@ -503,6 +810,9 @@ def file_format(b) -> str:
   return str(getattr(b.info.file_format, "value", b.info.file_format) or "tfrecord")
 
 
+_file_format = file_format  # for functions whose file_format parameter shadows it
+
+
 def plan_features(b, spec, keys: list[str], *, shapes, eager: bool, asked: set[str], label: str,
                   what: str, user_fns: bool, peek) -> _features.Plan:
   """:func:`_features.plan` for ``b``'s features ``keys`` whose decoded spec is ``spec``."""
@@ -585,6 +895,7 @@ def _cores() -> int:
   return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+@quiet
 def load(
     name: str,
     split: str,
@@ -680,13 +991,8 @@ def load(
         f" ({sorted(include_keys)} and {sorted(exclude_keys)}); keep one."
     )
   shapes_key = _features.cache_key(shapes)
-  key = {"format": _cache.FORMAT, "layout": "nested", "name": name, "split": split,
-         "x64": bool(jax.config.jax_enable_x64),
-         "data_dir": os.fspath(data_dir) if data_dir is not None else os.environ.get("TFDS_DATA_DIR"),
-         "as_supervised": bool(as_supervised),
-         "include_keys": None if include_keys is None else sorted(_as_set(include_keys)),
-         "exclude_keys": None if exclude_keys is None else sorted(_as_set(exclude_keys)),
-         "shapes": shapes_key}
+  key = cache_key(name, split, data_dir=data_dir, as_supervised=as_supervised,
+                  include_keys=include_keys, exclude_keys=exclude_keys, shapes=shapes)
   use_cache = cache and not decoders and not try_gcs and (shapes_key is not None)
   if use_cache:
     hit = _cache.read(key)  # no TensorFlow on this path
@@ -753,6 +1059,27 @@ def _unflatten_cached(arrays: Mapping[str, np.ndarray]) -> dict:
 def data_dir_root(b) -> str:
   """The ``data_dir`` that holds ``b``'s dataset (its prepared files sit in NAME[/CONFIG]/VERSION)."""
   return os.fspath(Path(b.data_dir).parents[2 if b.builder_config is not None else 1])
+
+
+def cache_key(name: str, split: str, *, data_dir=None, as_supervised: bool = False,
+              include_keys: Iterable[str] | None = None,
+              exclude_keys: Iterable[str] | None = None,
+              shapes: Mapping[Any, _features.FixedShape] | None = None) -> dict[str, Any]:
+  """The decoded-cache key of a :func:`load` request (JSON-able); the data are stored
+  nested (``layout``) and made static by ``shapes`` (part of the key)."""
+  return {"format": _cache.FORMAT, "layout": "nested", "name": name, "split": split,
+          "x64": bool(jax.config.jax_enable_x64),
+          "data_dir": os.fspath(data_dir) if data_dir is not None else os.environ.get("TFDS_DATA_DIR"),
+          "as_supervised": bool(as_supervised),
+          "include_keys": None if include_keys is None else sorted(_as_set(include_keys)),
+          "exclude_keys": None if exclude_keys is None else sorted(_as_set(exclude_keys)),
+          "shapes": _features.cache_key(shapes)}
+
+
+def convert_command(name: str, data_dir: str | os.PathLike) -> str:
+  """The command that converts the dataset prepared in ``data_dir`` (its version folder) to ArrayRecord."""
+  root = Path(data_dir).parents[1 + name.count("/")]
+  return f"tfds-jax prepare {name} --file-format array_record --data-dir {root}"
 
 
 def full_name(b) -> str:

@@ -288,3 +288,19 @@ class ToyGlue(tfds.core.GeneratorBasedBuilder):
   def _generate_examples(self):
     for i in range(5):
       yield i, {"sentence": f"{self.builder_config.name} {i}", "label": i % 2, "idx": i}
+
+
+class ToyDownload(tfds.core.GeneratorBasedBuilder):
+  """A dataset whose source file sits on a host nothing listens on."""
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self):
+    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({"x": np.int32}))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples(dl_manager.download("http://127.0.0.1:9/toy.bin"))}  # refused
+
+  def _generate_examples(self, path):
+    for i in range(len(path.read_bytes())):
+      yield i, {"x": i}
