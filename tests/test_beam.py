@@ -75,7 +75,7 @@ def test_one_worker_prepares_in_memory_through_the_cli(tmp_path, beam_env, capsy
 
 @pytest.mark.parametrize("workers", [0, -2, True, 1.5, "2"])
 def test_bad_worker_count_is_a_clear_error(tmp_path, workers):
-  with pytest.raises(ValueError, match=r"Expected beam_num_workers to be a positive int, got"):
+  with pytest.raises(ValueError, match=r"Expected beam_num_workers to be None or a positive int, got"):
     tfds_jax.prepare("toy_beam", data_dir=tmp_path / "data", beam_num_workers=workers)
   assert not tfds.builder("toy_beam", data_dir=tmp_path / "data").is_prepared()
 

@@ -44,7 +44,7 @@ def test_info_and_prepare_commands(tmp_path, capsys, monkeypatch):
   data = str(tmp_path / "data")
   assert cli.main(["info", "digits", "--data-dir", data]) == 0
   out = capsys.readouterr().out
-  assert "digits 1.0.0: not prepared" in out and "label: ClassLabel int64[], 10 classes" in out
+  assert "digits 1.0.0: not prepared" in out and "'label': ClassLabel int64[], 10 classes" in out
   assert cli.main(["prepare", "digits", "--data-dir", data]) == 0
   assert "prepared digits in" in capsys.readouterr().out
   assert cli.main(["info", "digits", "--data-dir", data]) == 0

@@ -144,7 +144,8 @@ jax.tree_util.register_dataclass(
     Pipeline, data_fields=["source", "stages"], meta_fields=["batch_size", "shuffle"])
 
 
-def pipeline(source, *stages: Stage, batch_size: int, shuffle: bool = False) -> Pipeline:
+def pipeline(source, *stages: Stage, batch_size: int, shuffle: bool = False,
+             check_stages: bool = True) -> Pipeline:
   """Makes a :class:`Pipeline`: batches of ``source`` passed through ``stages``.
 
   Args:
@@ -155,12 +156,17 @@ def pipeline(source, *stages: Stage, batch_size: int, shuffle: bool = False) -> 
     batch_size: records per batch, a static int in ``[1, num_records]``.
     shuffle: visit records in the per-epoch shuffled order of the state's
       seed (else sequentially; the seed still drives the random stages).
+    check_stages: run the checks below that pass synthetic records through
+      the stages (independence, ``one_hot``'s range). False skips them, for
+      stages with effects of their own, or to see :mod:`tfds_jax.testing`'s
+      assertions catch a broken stage on your real data.
 
   Returns:
     A :class:`Pipeline`; drive it with ``init`` / ``next_batch`` /
     ``batch_at``.
 
-  Checks made here (on traces and, where the data is at hand, values):
+  Checks made here (on traces and, where the data is at hand, values; the
+  last two unless ``check_stages=False``):
 
   * the stages run on a batch of ``batch_size`` records and keep its size, and
     each returns a non-empty dict (errors of the stages, such as a missing
@@ -204,8 +210,9 @@ def pipeline(source, *stages: Stage, batch_size: int, shuffle: bool = False) -> 
   pipe = Pipeline(source=source, stages=chain(*stages), batch_size=batch_size, shuffle=bool(shuffle))
   pipe.element_spec()  # fail now, on a trace, if the stages do not fit the data
   jax.eval_shape(pipe.stages, *_synthetic(pipe, batch_size, traced=True))  # the real batch size
-  _check_independent(pipe)
-  _check_labels(pipe)
+  if check_stages:
+    _check_independent(pipe)
+    _check_labels(pipe)
   return pipe
 
 

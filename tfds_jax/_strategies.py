@@ -186,8 +186,11 @@ def states(source: Any, *, max_epoch: int = 3, shuffle: bool | None = None):
   @st.composite
   def draw_state(draw):
     seed, shuffled = draw(seeds()), draw(shuffles)
-    state = init(source, seed=seed, shuffle=shuffled)
     epoch, index = draw(st.integers(0, max_epoch)), draw(st.integers(0, n - 1))
+    if isinstance(source, (int, np.integer)):  # a number of records: no source to init
+      return SourceState(jnp.asarray(epoch, jnp.int32), jnp.asarray(index, jnp.int32),
+                         jnp.asarray(seed, jnp.uint32) if shuffled else None)
+    state = init(source, seed=seed, shuffle=shuffled)
     return state._replace(epoch=jnp.asarray(epoch, jnp.int32), index=jnp.asarray(index, jnp.int32))
 
   return draw_state()
