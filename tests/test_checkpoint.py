@@ -1,10 +1,6 @@
 """Checkpointing: the state saves as a plain pytree, and restores strictly."""
 
 import json
-import os
-import subprocess
-import sys
-import textwrap
 
 import jax
 import jax.numpy as jnp

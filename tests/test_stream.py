@@ -4,7 +4,6 @@ import gc
 import logging
 import os
 import re
-import subprocess
 import sys
 import threading
 import time

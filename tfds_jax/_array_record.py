@@ -18,13 +18,12 @@ import sys
 import threading
 from typing import Any, Callable, Mapping
 
-import jax
 import numpy as np
 
 from tfds_jax import _cache
 from tfds_jax import _features
 from tfds_jax import _source
-from tfds_jax import _tfds
+from tfds_jax import _tf
 
 _PARALLEL_RECORDS = 32  # records decoded concurrently inside one TF call
 _PREPARE_AGAIN = "prepare the dataset again (its files are damaged): `tfds-jax prepare NAME` into a fresh data_dir"
@@ -59,7 +58,7 @@ def record_decoder(b, keys: list[str], *, decoders: Mapping[str, Any] | None,
     (TFDS's nested structure, after ``preprocess``), and the nested spec of its
     output (``tf.TypeSpec`` leaves), found by tracing, without reading any record.
   """
-  tf, tfds = _tfds.import_tf()
+  tf, tfds = _tf.import_tf()
   from tensorflow_datasets.core import example_parser  # pylint: disable=import-outside-toplevel
   decoders = {k: v for k, v in (decoders or {}).items() if k in keys}
   partial = tfds.decode.PartialDecoding({k: True for k in keys}, decoders=decoders or None)
@@ -193,7 +192,7 @@ class RandomAccessReader:
       asked: set[str],
       label: str,
   ):
-    tf, _ = _tfds.import_tf()
+    tf, _ = _tf.import_tf()
     self.label = label
     try:
       self._raw = Records(b.info.splits[split].file_instructions)
@@ -204,7 +203,7 @@ class RandomAccessReader:
     self.num_records = len(self._raw)
     one, spec = record_decoder(b, keys, decoders=decoders, preprocess=preprocess)
     self._decode_one = tf.function(one, input_signature=[tf.TensorSpec([], tf.string)])
-    self.plan = _tfds.plan_features(
+    self.plan = _features.plan_for(
         b, spec, keys, shapes=shapes, eager=eager, asked=asked, label=label,
         what="an eager load" if eager else "a stream", user_fns=bool(decoders or preprocess),
         peek=lambda: [tf.nest.map_structure(lambda t: t.numpy(), self._decode_one(r))
@@ -250,7 +249,7 @@ class RandomAccessReader:
       RecordError: decoding failed; the message names every failing record
         (index in the split, file and index in the file) and its error.
     """
-    tf, _ = _tfds.import_tf()
+    tf, _ = _tf.import_tf()
     serialized = tf.constant(records, tf.string)
     try:
       with self._decoding:  # one batch decodes at a time, on all cores: batches finish in order
@@ -292,15 +291,15 @@ def blame(one: Callable, names: list[tuple[str, tuple[str, int]]], records: list
           label: str, error: Exception | None) -> RecordError:
   """The error for a batch whose decode failed: each record decoded alone to name
   the failing ones (``names``: a description and ``(file, index)`` per record)."""
-  tf, _ = _tfds.import_tf()
+  tf, _ = _tf.import_tf()
   failed = []
   for (name, where), record in zip(names, records):
     try:
       one(tf.constant(record, tf.string))
     except tf.errors.OpError as single:
-      failed.append((name, where, f"{type(single).__name__}: {_tfds.tf_error_text(single)}"))
+      failed.append((name, where, f"{type(single).__name__}: {_tf.tf_error_text(single)}"))
   if not failed:  # only the batch as a whole fails (shapes that differ between records, say)
-    why = "" if error is None else f" ({type(error).__name__}: {_tfds.tf_error_text(error)})"
+    why = "" if error is None else f" ({type(error).__name__}: {_tf.tf_error_text(error)})"
     return RecordError(
         f"Expected to decode a batch of {len(records)} records of {label}, got an error for the"
         f" batch{why} although each record decodes alone; make preprocess return one shape for"
@@ -317,7 +316,7 @@ def damaged(b, split: str, label: str, error: Exception, context: str) -> Record
   """The error for TFRecord files of ``b[split]`` that TensorFlow could not read,
   naming the file(s) the damage can be in (TFRecord gives a byte offset only)."""
   import re  # pylint: disable=import-outside-toplevel
-  text = _tfds.tf_error_text(error)
+  text = _tf.tf_error_text(error)
   files = [os.fspath(fi.filename) for fi in b.info.splits[split].file_instructions]
   at = re.search(r"corrupted record at (\d+)", text)
   if at:  # only the files that long can hold it

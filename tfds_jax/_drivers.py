@@ -128,14 +128,23 @@ def _run_steps(train_step, carry, source, state, num_steps, batch_size, metrics,
   return jax.lax.fori_loop(0, num_steps, body, (carry, state, acc))
 
 
+@functools.partial(jax.jit, static_argnames=("train_step", "batch_size", "metrics", "sharding"))
+def _one_step(train_step, carry, source, state, batch_size, metrics, sharding):
+  """One ``next_batch`` and step in one jitted call, no loop around them (XLA:CPU compiles
+  some steps, convolutions, worse inside a loop body: jax-ml/jax#12868)."""
+  step = _checked_step(train_step, carry, source, state, batch_size, metrics, sharding)
+  batch, state = _source.next_batch(source, state, batch_size, sharding=sharding)
+  carry, m = step(carry, batch)
+  return carry, state, m
+
+
 def _python_steps(train_step, carry, source, state, num_steps, batch_size, metrics, sharding, acc,
                   offset, length):
   """Steps from Python (streams, ``fused=False``), one jitted call per batch; metrics go to
   ``acc[offset:]`` (allocated for ``length`` steps when None)."""
   for i in range(num_steps):
     if _in_memory(source):
-      carry, state, m = _run_steps(train_step, carry, source, state, 1, batch_size, metrics, sharding)
-      m = None if metrics is None else jax.tree.map(lambda x: x[0], m) if metrics == "stack" else m
+      carry, state, m = _one_step(train_step, carry, source, state, batch_size, metrics, sharding)
     else:
       batch, state = _source.next_batch(source, state, batch_size, sharding=sharding)
       carry, m = _step_on_batch(train_step, metrics, carry, batch)
@@ -327,8 +336,8 @@ def _metrics_spec(train_step, carry, source, state, batch_size, metrics, shardin
   if metrics is None:
     return None
   if not _in_memory(source):
-    batch = {k: jax.ShapeDtypeStruct((batch_size or source.batch_size, *v.shape), v.dtype)
-             for k, v in _source.element_spec(source).items()}
+    batch = jax.tree.map(lambda v: jax.ShapeDtypeStruct((batch_size or source.batch_size, *v.shape), v.dtype),
+                         _source.element_spec(source))
     spec = jax.eval_shape(_jit(train_step), carry, batch)
     _check_output(spec, carry, metrics)
     return spec[1]

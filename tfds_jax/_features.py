@@ -366,6 +366,14 @@ def select(tree: Mapping[str, Any], features: Iterable[str | Path]) -> dict[str,
   return out
 
 
+def plan_for(b, spec, keys: list[str], *, shapes, eager: bool, asked: set[str], label: str,
+             what: str, user_fns: bool, peek) -> Plan:
+  """:func:`plan` for the features ``keys`` of TFDS builder ``b``, decoded as ``spec``."""
+  return plan(spec, shapes=shapes, sequences=sequence_paths(b.info.features, keys), eager=eager,
+              asked=asked, top_keys=b.info.features.keys(), label=label, what=what,
+              user_fns=user_fns, peek=peek)
+
+
 def sequence_paths(features: Any, keys: Iterable[str]) -> set[Path]:
   """Paths of TFDS ``Sequence``s of several features among ``keys`` (their fields share a length)."""
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel

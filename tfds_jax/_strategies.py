@@ -14,7 +14,7 @@ import numpy as np
 
 from tfds_jax import _features
 from tfds_jax._pipeline import Pipeline
-from tfds_jax._source import Source, SourceState, element_spec, from_arrays, init
+from tfds_jax._source import SourceState, element_spec, from_arrays, init
 
 DTYPES = ("uint8", "int8", "int32", "uint32", "float16", "float32", "bool")
 """The dtypes :func:`sources` draws from by default."""

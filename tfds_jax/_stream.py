@@ -49,6 +49,7 @@ from tfds_jax import _cache
 from tfds_jax import _features
 from tfds_jax import _sharding
 from tfds_jax import _source
+from tfds_jax import _tf
 from tfds_jax import _tfds
 from tfds_jax._array_record import RecordError
 from tfds_jax._source import Source, SourceState
@@ -233,7 +234,7 @@ class Stream:
                     " stream.truncated counts them", _features.name(path), self._reader.label, count)
 
   def _tf_data(self, key: _Key) -> Batch:
-    tf, _ = _tfds.import_tf()
+    tf, _ = _tf.import_tf()
     epoch, index, size, seed = key[:4]
     resumed = self._expected != key
     if resumed:
@@ -363,7 +364,7 @@ class _TFDataReader:
 
   def __init__(self, b, split, keys, *, decoders, preprocess, shapes, asked, label,
                shuffle_buffer_size, read_ahead, num_threads):
-    tf, _ = _tfds.import_tf()
+    tf, _ = _tf.import_tf()
     self.label = label
     self.num_records = _tfds._split_size(b, split)  # pylint: disable=protected-access
     if self.num_records is None:
@@ -373,7 +374,7 @@ class _TFDataReader:
     self._read_args = (b, split, num_threads)
     decode, spec = _array_record.record_decoder(b, keys, decoders=decoders, preprocess=preprocess)
     one = tf.function(decode, input_signature=[tf.TensorSpec([], tf.string)])
-    self.plan = plan = _tfds.plan_features(
+    self.plan = plan = _features.plan_for(
         b, spec, keys, shapes=shapes, eager=False, asked=asked, label=label, what="a stream",
         user_fns=bool(decoders or preprocess),
         peek=lambda: [tf.nest.map_structure(lambda t: t.numpy(), one(r))
@@ -396,7 +397,7 @@ class _TFDataReader:
     before it: after a record fails to decode, the next batch starts afresh
     at its own position (see :meth:`failure`), and nothing is skipped.
     """
-    tf, _ = _tfds.import_tf()
+    tf, _ = _tf.import_tf()
     ds = self._shuffled(epoch, index, seed).map(self._decoding, num_parallel_calls=self._read_args[-1],
                                                  deterministic=True)
     ds = ds.padded_batch(size, *self._padding, drop_remainder=True).prefetch(self._read_ahead)
@@ -415,7 +416,7 @@ class _TFDataReader:
   def _shuffled(self, epoch: int, index: int, seed: int | None, where: bool = False):
     """Serialized records from position ``index`` of ``epoch`` on (with ``where``:
     ``(where, record)`` pairs, see :meth:`_serialized`)."""
-    tf, _ = _tfds.import_tf()
+    tf, _ = _tf.import_tf()
     records, buffer = self._serialized(where), self._shuffle_buffer
 
     def one_epoch(e):
@@ -433,7 +434,7 @@ class _TFDataReader:
     they are damaged (named); else each record is decoded alone to name the
     failing ones.
     """
-    tf, _ = _tfds.import_tf()
+    tf, _ = _tf.import_tf()
     b, split, _ = self._read_args
     try:
       batch = list(self._shuffled(epoch, index, seed, where=True).take(size).as_numpy_iterator())
@@ -449,7 +450,7 @@ class _TFDataReader:
     """The split's serialized records in the order ``as_dataset`` reads them (files
     interleaved as TFDS's default ``ReadConfig`` does); with ``where``, as
     ``((file number, index in file), record)`` pairs."""
-    tf, tfds = _tfds.import_tf()
+    tf, tfds = _tf.import_tf()
     b, split, _ = self._read_args
     files = self._files()
     adapter = tfds.core.file_adapters.ADAPTER_FOR_FORMAT[
@@ -478,7 +479,7 @@ class _TFDataReader:
     self._decoding = None
 
 
-@_tfds.quiet
+@_tf.quiet
 def stream(
     name: str,
     split: str,
@@ -640,7 +641,7 @@ def decoded_bytes(b, split: str, keys: list[str], decoders, shapes, asked: set[s
   _, spec = _array_record.record_decoder(b, keys, decoders=decoders, preprocess=None)
   with warnings.catch_warnings():  # the load itself warns about strings it drops
     warnings.simplefilter("ignore")
-    plan = _tfds.plan_features(b, spec, keys, shapes=shapes, eager=True, asked=asked, label=label,
+    plan = _features.plan_for(b, spec, keys, shapes=shapes, eager=True, asked=asked, label=label,
                                what="from_tfds", user_fns=bool(decoders), peek=list)
   if plan.longest:
     return None, n, plan
@@ -648,7 +649,7 @@ def decoded_bytes(b, split: str, keys: list[str], decoders, shapes, asked: set[s
   return record * n, n, plan
 
 
-@_tfds.quiet
+@_tf.quiet
 def from_tfds(
     name: str,
     split: str,

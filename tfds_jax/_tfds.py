@@ -1,8 +1,8 @@
-"""The only module that talks to TensorFlow Datasets: prepare, read, decode, filter.
+"""Loading TFDS datasets: builders, preparation, ``load``, ``info`` and ``describe``.
 
-TensorFlow is imported lazily, on the first load, and is hidden from every
-accelerator before its first use, so it only ever reads on the CPU and never
-takes memory from JAX.
+Reads through TensorFlow, imported lazily by :mod:`tfds_jax._tf` (never for
+what the decoded cache holds); ArrayRecord files through
+:mod:`tfds_jax._array_record`; features made static by :mod:`tfds_jax._features`.
 """
 
 from __future__ import annotations
@@ -10,21 +10,16 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import difflib
-import functools
 import importlib
 import importlib.util
 import json
 import logging
 import os
-import re
 import socket
 import sys
-import tempfile
-import threading
 import time
 import urllib.parse
 import urllib.request
-import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -34,6 +29,7 @@ import numpy as np
 from tfds_jax import _array_record
 from tfds_jax import _cache
 from tfds_jax import _features
+from tfds_jax._tf import _TF_MISSING, _tf_installed, import_tf, import_tfds, quiet
 from tfds_jax._source import Source, from_arrays, to_jax_dtype
 from tfds_jax._source import check_device as _source_check_device
 
@@ -56,55 +52,6 @@ class DatasetInfoRef:
 
 
 _INFOS: dict[str, Any] = {}
-
-# Messages TFDS logs (through absl) on tfds_jax's own calls that tell the user nothing
-# they can act on: deprecations inside TFDS, an empty version folder before the first
-# preparation, a conversion count TFDS logs unformatted.
-_NOISE = ("is deprecated", "Variant folder", "Amount of converted shards")
-_quiet_lock = threading.Lock()
-_quiet_depth = 0
-
-
-class _DropNoise(logging.Filter):
-  def filter(self, record: logging.LogRecord) -> bool:
-    return record.levelno >= logging.ERROR or not any(n in str(record.msg) for n in _NOISE)
-
-
-_DROP_NOISE = _DropNoise()
-
-
-@contextlib.contextmanager
-def _quiet_tfds():
-  global _quiet_depth  # pylint: disable=global-statement
-  with _quiet_lock:
-    if _quiet_depth == 0:
-      logging.getLogger("absl").addFilter(_DROP_NOISE)
-    _quiet_depth += 1
-  try:
-    yield
-  finally:
-    with _quiet_lock:
-      _quiet_depth -= 1
-      if _quiet_depth == 0:
-        logging.getLogger("absl").removeFilter(_DROP_NOISE)
-
-
-def quiet(fn):
-  """Decorates a function that calls TFDS: while it runs, TFDS's known noise is dropped.
-
-  Only the messages in ``_NOISE`` (below ERROR), only on the ``absl`` logger, and
-  only while a decorated call is running (a filter on that logger, removed when
-  the last such call returns); nothing else in the logging configuration is
-  touched.
-  """
-
-  @functools.wraps(fn)
-  def wrapper(*args, **kwargs):
-    with _quiet_tfds():
-      return fn(*args, **kwargs)
-
-  return wrapper
-
 
 @quiet
 def info(source: Source) -> Any:
@@ -139,108 +86,6 @@ def info(source: Source) -> Any:
   if ref.data_dir not in _INFOS:
     _INFOS[ref.data_dir] = import_tfds().builder_from_directory(ref.data_dir).info
   return _INFOS[ref.data_dir]
-
-
-def import_tfds():
-  """Imports TFDS without TensorFlow (enough for builders, dataset info and features).
-
-  Returns:
-    The ``tensorflow_datasets`` module.
-  """
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
-  return tfds
-
-
-_TF_MISSING = (
-    "Expected TensorFlow to read TFDS files, got none installed; install one:"
-    " `pip install 'tfds_jax[tf]'` (tensorflow-cpu, or tensorflow where there is no"
-    " tensorflow-cpu), or any flavour you prefer (tensorflow, tensorflow-cpu, tf-nightly)."
-    " Sources already in the decoded cache load without it.")
-
-
-def import_tf():
-  """Imports TensorFlow and TFDS for reading, with TF kept off accelerators.
-
-  The first import does not print TensorFlow's start-up banner (which TF
-  prints once per shared library: twice), and a missing or broken TensorFlow
-  is an ImportError saying what to install.
-
-  Returns:
-    ``(tf, tfds)``.
-
-  Raises:
-    ImportError: TensorFlow is not installed, or does not import.
-  """
-  os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-  os.environ.setdefault("NO_GCE_CHECK", "true")  # offline: skip the GCE metadata probe
-  if sys.modules.get("tensorflow") is None:
-    if not _tf_installed():
-      raise ImportError(_TF_MISSING)
-    try:
-      with _without_banner():
-        import tensorflow as tf  # pylint: disable=import-outside-toplevel
-        _hide_accelerators(tf)  # the first listing of devices logs too ("failed call to cuInit")
-    except ImportError as e:
-      raise ImportError(
-          f"Expected a working TensorFlow, got an ImportError importing it ({e}); two TensorFlow"
-          " flavours installed into one environment (tensorflow and tensorflow-cpu share one"
-          " folder) break each other: uninstall both and install one (`pip install"
-          " 'tfds_jax[tf]'` installs tensorflow-cpu).") from e
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  _hide_accelerators(tf)
-  return tf, import_tfds()
-
-
-def _hide_accelerators(tf) -> None:
-  for kind in ("GPU", "TPU"):
-    try:
-      if tf.config.list_physical_devices(kind):
-        tf.config.set_visible_devices([], kind)
-    except RuntimeError:
-      visible = tf.config.get_visible_devices(kind)
-      if visible:
-        warnings.warn(
-            f"TensorFlow was initialized before tfds_jax with {kind}s visible"
-            f" ({visible}); it may take accelerator memory from JAX. Import"
-            " tfds_jax and load before using TensorFlow, or call"
-            f" tf.config.set_visible_devices([], {kind!r}) first.",
-            stacklevel=4)
-
-
-# TensorFlow's start-up lines: the note that absl logs to stderr, the oneDNN notice (once
-# per shared library), and CUDA's "no GPU here" from a GPU build (TF never uses one here).
-_BANNER = re.compile(r"WARNING: All log messages before absl::InitializeLog\(\) is called"
-                     r"|\] oneDNN custom operations are on"
-                     r"|\] failed call to cuInit")
-
-
-@contextlib.contextmanager
-def _without_banner():
-  """Captures what the C++ side writes to stderr (file descriptor 2) meanwhile, and
-  writes it back without TensorFlow's start-up banner. Other threads' stderr output in
-  the meantime is delayed, never lost."""
-  try:
-    sys.stderr.flush()
-    saved = os.dup(2)
-  except (OSError, ValueError, AttributeError):  # no usable descriptor 2: leave it alone
-    yield
-    return
-  with tempfile.TemporaryFile() as captured:
-    os.dup2(captured.fileno(), 2)
-    try:
-      yield
-    finally:
-      try:
-        sys.stderr.flush()
-      except (OSError, ValueError):
-        pass
-      os.dup2(saved, 2)
-      os.close(saved)
-      captured.seek(0)
-      kept = [line for line in captured.read().decode(errors="replace").splitlines(keepends=True)
-              if not _BANNER.search(line)]
-      if kept:
-        os.write(2, "".join(kept).encode())
 
 
 def base_name(name: str) -> str:
@@ -298,12 +143,6 @@ def builder(
       raise ImportError(_TF_MISSING) from e
     raise
 
-
-def _tf_installed() -> bool:
-  try:
-    return sys.modules.get("tensorflow") is not None or importlib.util.find_spec("tensorflow") is not None
-  except (ImportError, ValueError):
-    return False
 
 def _foreign_prepared(name: str, data_dir: str | os.PathLike | None) -> str | None:
   """The directory of a prepared dataset named like an embedded one in
@@ -813,22 +652,6 @@ def file_format(b) -> str:
 _file_format = file_format  # for functions whose file_format parameter shadows it
 
 
-def plan_features(b, spec, keys: list[str], *, shapes, eager: bool, asked: set[str], label: str,
-                  what: str, user_fns: bool, peek) -> _features.Plan:
-  """:func:`_features.plan` for ``b``'s features ``keys`` whose decoded spec is ``spec``."""
-  return _features.plan(spec, shapes=shapes, sequences=_features.sequence_paths(b.info.features, keys),
-                        eager=eager, asked=asked, top_keys=b.info.features.keys(), label=label,
-                        what=what, user_fns=user_fns, peek=peek)
-
-
-def tf_error_text(error) -> str:
-  """The line of a TensorFlow error that says what went wrong (not where)."""
-  lines = [line.strip() for line in error.message.splitlines() if line.strip()]
-  noise = ("Graph execution error", "Detected at node", "File ", "[[")
-  useful = [line for line in lines if not line.startswith(noise)]
-  return (useful or lines or ["(no message)"])[0][:500]
-
-
 def _read_all(b, split: str, keys: list[str], decoders, n: int | None, plan: _features.Plan
               ) -> tuple[dict, dict]:
   """Reads the split in bulk batches into aligned numpy buffers, one per feature.
@@ -1031,7 +854,7 @@ def load(
     plan = reader.plan
   else:
     ds = _dataset(b, split, keys, decoders)
-    plan = plan_features(b, ds.element_spec, keys, shapes=shapes, eager=True, asked=asked,
+    plan = _features.plan_for(b, ds.element_spec, keys, shapes=shapes, eager=True, asked=asked,
                          label=label, what="an eager load", user_fns=bool(decoders),
                          peek=lambda: list(import_tf()[1].as_numpy(ds.take(8))))
     tf, _ = import_tf()
