@@ -183,8 +183,29 @@ def pipeline_section(pl) -> list[str]:
   return L
 
 
+def features_section(ft) -> list[str]:
+  L = ["## 9. Real datasets in static shapes (`benchmarks/features.py`)\n",
+       "Two datasets that are not fixed-shape, made static by the same work two ways: `bench_varimages` (6,000 JPEG images of 96 to 320 pixels a side, resized to 128x128 with the original shape kept) and `bench_objects` (100,000 records of coco's `objects` Sequence, 0 to 40 boxes, padded to 48 with the count kept). *tfds_jax*: `load(..., shapes=...)` or `stream(..., shapes=...)`. *tf.data*: `as_dataset().map(the same resize or pad, num_parallel_calls=AUTOTUNE)`, then `.batch(1024)` concatenated into one array per feature (eager), or `.shuffle(10000).batch(128).prefetch(2)` (one streamed epoch, each batch put on the JAX device), through `tfds.as_numpy`. Eager loads run in a fresh process each, TensorFlow imported before the clock; peak memory is the process's peak RSS during the call over the final arrays' size. Streams: one shuffled first epoch including opening the stream.\n",
+       "| dataset | records | final arrays | tfds_jax load | tf.data | time / tf.data | peak memory / arrays: tfds_jax | tf.data |",
+       "|---|---|---|---|---|---|---|---|"]
+  for r in ft["eager"]:
+    sec, peak = r["seconds"], r["peak_over_arrays"]
+    L.append(f"| {r['dataset']} | {r['records']:,} | {r['array_bytes'] / 2**20:.0f} MiB | {sec['tfds_jax load']:.2f} s | {sec['tf.data load']:.2f} s | {r['time_vs_tf_data']:.2f}x | {peak['tfds_jax load']:.2f}x | {peak['tf.data load']:.2f}x |")
+  L += ["\n| dataset | B | tfds_jax random access | tfds_jax tf.data | tf.data | random access / tf.data | tfds_jax tf.data / tf.data |",
+        "|---|---|---|---|---|---|---|"]
+  for r in ft["stream"]:
+    rps = r["records_per_s"]
+    L.append(f"| {r['dataset']} | {r['batch_size']} | {_m(rps['tfds_jax random access'])}/s | {_m(rps['tfds_jax tf.data stream'])}/s | {_m(rps['tf.data stream'])}/s | {r['random_access_vs_tf_data']:.2f}x | {r['tf_data_stream_vs_tf_data']:.2f}x |")
+  times = [r["time_vs_tf_data"] for r in ft["eager"]]
+  peaks = [r["peak_over_arrays"]["tfds_jax load"] for r in ft["eager"]]
+  ra = [r["random_access_vs_tf_data"] for r in ft["stream"]]
+  L.append(f"\nTargets: an eager load at most 1.0x the time of tf.data doing the same work (here {_span(times, '.2f')}x) with peak memory at most 1.5x the final arrays (here {_span(peaks, '.2f')}x; tf.data's list of batches and their concatenation need about twice); a stream at least 1.0x tf.data (random access here {_span(ra, '.2f')}x). tfds_jax's arrays are in JAX's dtypes (int64 becomes int32 with x64 off, range-checked), so for `bench_objects` they are smaller than tf.data's. Each record is only cut to its size inside TensorFlow; the padding of a whole batch is one `padded_batch` step.\n")
+  L.append("![features](benchmarks/results/features.png)\n")
+  return L
+
+
 def device_section(dev) -> list[str]:
-  L = ["## 9. On an accelerator (`benchmarks/device.py`)\n",
+  L = ["## 10. On an accelerator (`benchmarks/device.py`)\n",
        "Shuffled `next_batch` inside one jitted `lax.fori_loop` against the precomputed-permutation gather, the same inside a jitted train step against batches already on the device (`tfds_jax.testing.benchmark`), a load of the MNIST-shaped split straight to the device, a random-access stream to the device, and the device's memory around the load (the process's first TensorFlow use) checking that TensorFlow takes none of it.\n"]
   if not dev or dev.get("smoke") or dev.get("platform") == "cpu":
     L.append("Pending an accelerator: no GPU or TPU was available to measure on. On a machine with one, `python benchmarks/device.py` (at most about 8 minutes once the data is prepared) writes `benchmarks/results/device.json` and this section. Its `--smoke` mode runs in the tests on the CPU.\n")
@@ -194,8 +215,8 @@ def device_section(dev) -> list[str]:
 
 
 def main() -> None:
-  core, peers, stream, train, pipe, dev = (_load(f"{k}.json") for k in ("core", "peers", "streaming", "training",
-                                                                         "pipeline", "device"))
+  core, peers, stream, train, pipe, feat, dev = (_load(f"{k}.json") for k in (
+      "core", "peers", "streaming", "training", "pipeline", "features", "device"))
   loads = [x for x in (_load("load_bench_mnist.json"), _load("load_bench_cifar.json")) if x]
   machine = (core or peers or {}).get("machine", "unknown machine")
   L = ["# Benchmarks\n",
@@ -213,6 +234,8 @@ def main() -> None:
     L += training_section(train)
   if pipe:
     L += pipeline_section(pipe)
+  if feat:
+    L += features_section(feat)
   L += device_section(dev)
   (ROOT / "BENCHMARKS.md").write_text("\n".join(L))
   print(f"wrote {ROOT / 'BENCHMARKS.md'}")

@@ -5,7 +5,8 @@
 2. creates benchmarks/.datarax-venv with datarax 0.1.4 for the peer comparison,
    once (skip with --no-datarax);
 3. runs core.py, load.py (both datasets), peers.py, streaming.py (which
-   also builds bench_large, 1.9 GB, once), training.py and pipeline.py, each
+   also builds bench_large, 1.9 GB, once), training.py, pipeline.py and
+   features.py (which builds bench_varimages and bench_objects once), each
    writing JSON and a plot under benchmarks/results;
 4. writes BENCHMARKS.md (report.py).
 
@@ -77,6 +78,8 @@ def main() -> None:
   run("benchmarks/training.py", *quick)
   step("figure 8: augmentation pipeline throughput against tf.data and Grain (pipeline.py)")
   run("benchmarks/pipeline.py", *quick)
+  step("figure 9: real datasets in static shapes against tf.data (features.py; builds bench_varimages and bench_objects once)")
+  run("benchmarks/features.py", *quick)
   step("writing BENCHMARKS.md")
   run("benchmarks/report.py")
 

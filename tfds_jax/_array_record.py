@@ -65,8 +65,12 @@ def record_decoder(b, keys: list[str], *, decoders: Mapping[str, Any] | None,
   features = partial.extract_features(b.info.features)
   parser = example_parser.ExampleParser(features.get_serialized_info())
 
+  @tf.autograph.experimental.do_not_convert  # TFDS's decoding needs no AutoGraph (a user's preprocess may)
+  def tfds_decode(serialized):
+    return dict(features.decode_example(parser.parse_example(serialized), decoders=partial.decoders))
+
   def decode(serialized):
-    decoded = dict(features.decode_example(parser.parse_example(serialized), decoders=partial.decoders))
+    decoded = tfds_decode(serialized)
     return decoded if preprocess is None else dict(preprocess(decoded))
 
   traced = tf.function(decode).get_concrete_function(tf.TensorSpec([], tf.string))
@@ -209,9 +213,10 @@ class RandomAccessReader:
         peek=lambda: [tf.nest.map_structure(lambda t: t.numpy(), self._decode_one(r))
                       for r in self._raw.read(range(min(8, self.num_records)))])
     plan = self.plan
+    fix, cut = _features.applier(plan), _features.applier(plan, pad=False)
 
     def one_static(serialized):
-      return _features.apply(plan, one(serialized))
+      return fix(one(serialized))
 
     self._one = tf.function(one_static, input_signature=[tf.TensorSpec([], tf.string)])
     out_spec = tf.nest.map_structure(tf.type_spec_from_value,
@@ -223,7 +228,7 @@ class RandomAccessReader:
       @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
       def decode_batch(serialized):
         ds = tf.data.Dataset.from_tensor_slices(serialized).map(
-            lambda r: _features.apply(plan, one(r), pad=False), num_parallel_calls=_PARALLEL_RECORDS,
+            lambda r: cut(one(r)), num_parallel_calls=_PARALLEL_RECORDS,
             deterministic=True)
         return ds.padded_batch(tf.shape(serialized, out_type=tf.int64)[0], *padding).get_single_element()
     else:

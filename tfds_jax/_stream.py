@@ -382,11 +382,13 @@ class _TFDataReader:
     self.spec = plan.spec
     self._padding = _features.padding(plan)
 
+    fix, cut = _features.applier(plan), _features.applier(plan, pad=False)
+
     def static(serialized):  # traced inline into the tf.data map (no function call per record)
-      return _features.apply(plan, decode(serialized), pad=False)
+      return cut(decode(serialized))
 
     self._decoding = static
-    self._one = tf.function(lambda r: _features.apply(plan, decode(r)),  # to blame a record alone
+    self._one = tf.function(lambda r: fix(decode(r)),  # to blame a record alone
                             input_signature=[tf.TensorSpec([], tf.string)])
 
   def batches(self, epoch: int, index: int, size: int, seed: int | None):

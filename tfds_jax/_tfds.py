@@ -676,9 +676,9 @@ def _read_all(b, split: str, keys: list[str], decoders, n: int | None, plan: _fe
   if plan.identity:  # nothing to do per record: TFDS batches the decoded records
     ds = _dataset(b, split, keys, decoders, batch_size=chunk)
   else:
-    ds = _dataset(b, split, keys, decoders).map(
-        lambda record: _features.apply(plan, record, pad=False), num_parallel_calls=_cores(),
-        deterministic=True)
+    tf, _ = import_tf()
+    ds = _dataset(b, split, keys, decoders).map(  # a bulk read: as many threads as pay off
+        _features.applier(plan, pad=False), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.padded_batch(chunk, *_features.padding(plan)).prefetch(2)
   # Buffers in JAX's dtypes (int64 -> int32 with x64 off) so JAX adopts them
   # without a copy; integers that do not fit are an error, never wrapped.
@@ -712,10 +712,6 @@ def _read_all(b, split: str, keys: list[str], decoders, n: int | None, plan: _fe
   if not stream_in:
     out = _features.longest_padding(plan, chunks, pos, _cache.aligned_empty)
   return out, truncated
-
-
-def _cores() -> int:
-  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 @quiet
