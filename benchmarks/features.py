@@ -64,14 +64,14 @@ def fix(name: str):
   return images if name == "bench_varimages" else objects
 
 
-def _rss() -> int:
+def _rss(field: str = "VmRSS") -> int:
+  """This process's resident bytes; ``VmHWM``: its peak (``ru_maxrss`` would count the parent's)."""
   with open("/proc/self/status") as f:
-    return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS"))
+    return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
 
 
 def child(mode: str, name: str) -> dict:
   """One measurement, in this (fresh) process."""
-  import resource  # pylint: disable=import-outside-toplevel
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   tf.config.set_visible_devices([], "GPU")
   import jax  # pylint: disable=import-outside-toplevel
@@ -115,7 +115,7 @@ def child(mode: str, name: str) -> dict:
   else:
     raise ValueError(mode)
   seconds = time.perf_counter() - start
-  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+  peak = _rss("VmHWM")
   return {"mode": mode, "dataset": name, "seconds": seconds, "records": records,
           "peak_extra_bytes": peak - before, "array_bytes": nbytes}
 

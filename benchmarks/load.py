@@ -33,13 +33,13 @@ HERE = Path(__file__).parent
 RESULTS = HERE / "results"
 
 CHILD = r"""
-import json, os, resource, sys, time
+import json, os, sys, time
 sys.path.insert(0, {root!r})
 mode, name, data_dir = sys.argv[1:4]
 
-def rss():
+def rss(field="VmRSS"):  # VmHWM: this process's peak (ru_maxrss would include the parent's, via vfork)
     with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS"))
+        return next(int(l.split()[1]) * 1024 for l in f if l.startswith(field))
 
 if mode != "load_cached":
     import tensorflow as tf
@@ -65,7 +65,7 @@ else:
     jax.block_until_ready(src.data)
     nbytes = sum(v.nbytes for v in src.data.values())
 seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = rss("VmHWM")
 print(json.dumps({{"mode": mode, "seconds": seconds, "peak_extra_bytes": peak - before,
                   "array_bytes": nbytes, "tensorflow_imported": "tensorflow" in sys.modules}}))
 """

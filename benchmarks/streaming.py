@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -131,6 +130,12 @@ def stall(name: str, batch_size: int, num_threads: int | None = None, epochs: in
   return row
 
 
+def _peak_rss() -> int:
+  """This process's peak resident bytes (``ru_maxrss`` would count the parent's, via vfork)."""
+  with open("/proc/self/status") as f:
+    return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+
+
 def memory_child(split: str, batch_size: int) -> None:
   """In a fresh process: peak RSS while streaming one epoch of bench_large[split]."""
   datasets.builders()
@@ -138,11 +143,11 @@ def memory_child(split: str, batch_size: int) -> None:
     state = tfds_jax.init(s, seed=0, shuffle=True)
     batch, state = tfds_jax.next_batch(s, state, batch_size)
     jax.block_until_ready(batch)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    before = _peak_rss()
     for _ in range(s.num_records // batch_size - 1):
       batch, state = tfds_jax.next_batch(s, state, batch_size)
       jax.block_until_ready(batch)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = _peak_rss()
     nbytes = s.num_records * 224 * 224 * 3
   print(json.dumps({"split": split, "records": s.num_records, "decoded_bytes": nbytes,
                     "peak_rss_after_first_batch": before, "peak_rss": peak}))

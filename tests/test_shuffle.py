@@ -56,6 +56,7 @@ def test_matches_grain_large(n, seed, data):
   idx = np.array(data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=64)) + [0, n - 1], np.uint32)
   ours = np.asarray(_jit_shuffle(jnp.asarray(idx), jnp.uint32(seed), max_index=n - 1))
   np.testing.assert_array_equal(ours, _grain(n, seed, idx))
+  np.testing.assert_array_equal(_shuffle.host_permute(idx, seed, n - 1), ours)  # streams' host indices
 
 
 @given(n=st.integers(1, 5000), seed=seeds, rounds=st.sampled_from([4, 6, 8]))
@@ -164,3 +165,18 @@ def test_wrap_is_pythons_modulo_for_every_integer_dtype():
     index_shuffle(jnp.float32(3.5), 0, 9)
   with pytest.raises(TypeError, match="Expected an integer \\(uint32\\) seed, got dtype float32"):
     index_shuffle(3, jnp.float32(1.0), 9)
+
+
+@given(n=st.one_of(st.integers(1, 70_000), st.sampled_from([2**20, 2**20 + 1, 3_000_017])), seed=seeds,
+       data=st.data())
+def test_host_permute_equals_index_shuffle(n, seed, data):
+  """Streams compute record indices with numpy (table walk up to 2**20, per-index walk above)."""
+  idx = np.asarray(data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=64)))
+  got = _shuffle.host_permute(idx, seed, n - 1)
+  np.testing.assert_array_equal(got, np.asarray(_jit_shuffle(jnp.asarray(idx, jnp.uint32), jnp.uint32(seed),
+                                                             max_index=n - 1)))
+
+
+def test_host_permute_golden_values_are_grains():
+  for (n, seed), want in GOLDEN.items():
+    np.testing.assert_array_equal(_shuffle.host_permute(np.arange(8), seed, n - 1), want)

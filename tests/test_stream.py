@@ -90,6 +90,17 @@ def test_random_access_order_equals_eager(ra, eager, seed, batch_size, steps, sh
          tfds_jax.batch_at(eager, start, batch_size, seed if shuffle else None))
 
 
+@given(n=st.integers(1, 70_000), epoch=st.integers(0, 2**33), data=st.data(),
+       seed=st.one_of(st.none(), st.integers(0, 2**32 - 1)))
+def test_host_record_indices_equal_the_sources(n, epoch, data, seed):
+  """A stream's reader threads compute indices with numpy; a source's come from jnp."""
+  index, size = data.draw(st.integers(0, n - 1)), data.draw(st.integers(1, min(n, 300)))
+  offsets = data.draw(st.permutations(range(size)))  # a process's rows, in any order
+  want = tfds_jax._source.indices_at(n, np.uint32(epoch % 2**32), np.int32(index),  # pylint: disable=protected-access
+                                     np.asarray(offsets, np.int32), None if seed is None else np.uint32(seed))
+  np.testing.assert_array_equal(_stream._cpu_record_indices(n, epoch, index, offsets, seed), want)  # pylint: disable=protected-access
+
+
 def test_jumps_and_repeats_give_the_batch_of_the_state(ra, eager):
   state = tfds_jax.init(ra, seed=5, shuffle=True)
   first, after = tfds_jax.next_batch(ra, state, 8)

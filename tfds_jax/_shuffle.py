@@ -12,10 +12,13 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 _MIN_BLOCK_BITS = 16
 _MAX_INDEX = 2**32 - 1
 _U32 = jnp.uint32
+_C = np.uint32  # constants: the same uint32 scalar in jnp and numpy arithmetic
+_TABLE_BITS = 20  # host_permute walks a table of the whole block up to 2**20 entries (4 MiB)
 
 
 def block_bits(max_index: int) -> int:
@@ -41,12 +44,13 @@ def block_bits(max_index: int) -> int:
   return max(bits + bits % 2, _MIN_BLOCK_BITS)
 
 
-def round_keys(seed: jax.typing.ArrayLike, rounds: int = 4) -> list[jax.Array]:
+def round_keys(seed: jax.typing.ArrayLike, rounds: int = 4, xp=jnp) -> list[jax.Array]:
   """Returns the cipher's round keys: C++ ``std::seed_seq{seed}.generate``.
 
   Args:
     seed: uint32 seed(s), any shape; every returned key has that shape.
     rounds: number of Feistel rounds (even, at least 4).
+    xp: ``jax.numpy``, or ``numpy`` for keys computed on the host.
 
   Returns:
     ``rounds`` arrays of dtype uint32, the round keys in order.
@@ -56,28 +60,28 @@ def round_keys(seed: jax.typing.ArrayLike, rounds: int = 4) -> list[jax.Array]:
     >>> len(keys), keys[0].dtype
     (4, dtype('uint32'))
   """
-  seed = jnp.asarray(seed).astype(_U32)
+  seed = xp.asarray(seed).astype(xp.uint32)
   n = rounds
   t = 11 if n >= 623 else 7 if n >= 68 else 5 if n >= 39 else 3 if n >= 7 else (n - 1) // 2
   p = (n - t) // 2
   q = p + t
   m = max(2, n)  # max(number of seed words + 1, n), with one seed word.
   mix = lambda x: x ^ (x >> 27)
-  out = [jnp.full_like(seed, 0x8B8B8B8B)] * n
+  out = [xp.full_like(seed, 0x8B8B8B8B)] * n
   for k in range(m):
-    r1 = _U32(1664525) * mix(out[k % n] ^ out[(k + p) % n] ^ out[(k - 1) % n])
+    r1 = _C(1664525) * mix(out[k % n] ^ out[(k + p) % n] ^ out[(k - 1) % n])
     if k == 0:
-      r2 = r1 + _U32(1)  # + number of seed words
+      r2 = r1 + _C(1)  # + number of seed words
     elif k == 1:
-      r2 = r1 + _U32(k % n) + seed
+      r2 = r1 + _C(k % n) + seed
     else:
-      r2 = r1 + _U32(k % n)
+      r2 = r1 + _C(k % n)
     out[(k + p) % n] = out[(k + p) % n] + r1
     out[(k + q) % n] = out[(k + q) % n] + r2
     out[k % n] = r2
   for k in range(m, m + n):
-    r3 = _U32(1566083941) * mix(out[k % n] + out[(k + p) % n] + out[(k - 1) % n])
-    r4 = r3 - _U32(k % n)
+    r3 = _C(1566083941) * mix(out[k % n] + out[(k + p) % n] + out[(k - 1) % n])
+    r4 = r3 - _C(k % n)
     out[(k + p) % n] = out[(k + p) % n] ^ r3
     out[(k + q) % n] = out[(k + q) % n] ^ r4
     out[k % n] = r4
@@ -162,19 +166,8 @@ def permute(index: jax.Array, keys: list[jax.Array], max_index: int) -> jax.Arra
   if max_index == 0:
     return jnp.zeros_like(index)
   w = block_bits(max_index) // 2
-  mask = _U32((1 << w) - 1)
-  keys = [k & mask for k in keys]
-
-  def rotl(x, r):
-    return ((x << _U32(r)) | (x >> _U32(w - r))) & mask
-
-  def encrypt(v):
-    left, right = (v >> _U32(w)) & mask, v & mask
-    for i in range(0, len(keys), 2):
-      left = left ^ ((rotl(right, 1) & rotl(right, 8)) ^ rotl(right, 2)) ^ keys[i]
-      right = right ^ ((rotl(left, 1) & rotl(left, 8)) ^ rotl(left, 2)) ^ keys[i + 1]
-    return (left << _U32(w)) | right
-
+  keys = [k & _C((1 << w) - 1) for k in keys]
+  encrypt = functools.partial(_encrypt, keys=keys, w=w)
   limit = _U32(max_index)
 
   def walk(v):
@@ -187,6 +180,85 @@ def permute(index: jax.Array, keys: list[jax.Array], max_index: int) -> jax.Arra
   # almost always finishes: XLA's per-iteration cost exceeds a pass's.
   passes = walk_passes(max_index, index.size)
   return jax.lax.while_loop(lambda v: jnp.any(v > limit), walk, walk(encrypt(index)))
+
+
+def host_permute(index: np.ndarray, seed: int, max_index: int) -> np.ndarray:
+  """:func:`index_shuffle` with numpy on the host: the same values, nothing to compile.
+
+  For a reader thread that needs a few record indices per batch (a stream):
+  jnp's version costs a fraction of a second to trace and compile once per
+  process. Blocks of up to ``2**20`` values walk a table of the whole block
+  (``O(2**bits)`` host memory, at most 8 MiB, built once per seed: the walk
+  there is long, up to the block size, and the table takes it in ``bits``
+  squarings); larger ones walk each index, at most 1 in 4 values being
+  outside the range there.
+
+  Args:
+    index: integers in ``[0, max_index]``, any shape.
+    seed: the permutation's seed, an int (taken modulo ``2**32``).
+    max_index: largest index, a Python int below ``2**32``.
+
+  Returns:
+    int64 array shaped like ``index``.
+
+  Example:
+    >>> import numpy as np
+    >>> host_permute(np.arange(5), 42, 9).tolist() == index_shuffle(jnp.arange(5), 42, 9).tolist()
+    True
+  """
+  _check_static(max_index, 4)
+  index = np.asarray(index, np.int64)
+  if max_index == 0:
+    return np.zeros_like(index)
+  bits = block_bits(max_index)
+  if bits <= _TABLE_BITS:
+    return _walked_table(int(seed) % 2**32, max_index)[index]
+  with np.errstate(over="ignore"):
+    keys = _host_keys(int(seed) % 2**32, bits)
+    v = _encrypt(index.astype(np.uint32), keys, bits // 2)
+    out = v > max_index
+    while out.any():  # cycle-walking, on the values still outside
+      v[out] = _encrypt(v[out], keys, bits // 2)
+      out = v > max_index
+  return v.astype(np.int64)
+
+
+def _host_keys(seed: int, bits: int) -> list[np.ndarray]:
+  return [k & _C((1 << bits // 2) - 1) for k in round_keys(np.array([seed], np.uint32), xp=np)]
+
+
+@functools.lru_cache(maxsize=4)  # a batch spans at most two epochs; a few seeds at once
+def _walked_table(seed: int, max_index: int) -> np.ndarray:
+  """``index_shuffle(i, seed, max_index)`` for every ``i`` in ``[0, max_index]``."""
+  bits = block_bits(max_index)
+  with np.errstate(over="ignore"):
+    step = _encrypt(np.arange(2**bits, dtype=np.uint32), _host_keys(seed, bits), bits // 2)
+  # walk[v]: where a walk from v stops, after 2**k steps at most. In-range
+  # values stop at once; squaring doubles the steps. Cycles that never enter
+  # the range never converge, and are never reached from the range.
+  walk = np.where(np.arange(2**bits) <= max_index, np.arange(2**bits, dtype=np.uint32), step)
+  first = step[:max_index + 1]
+  for _ in range(bits + 1):  # a walk is at most 2**bits steps
+    got = walk[first]
+    if (got <= max_index).all():
+      return got.astype(np.int64)
+    walk = walk[walk]
+  raise AssertionError("unreachable: a cycle through the range enters it within 2**bits steps")
+
+
+def _encrypt(v, keys, w: int):
+  """The Feistel network on ``2 * w``-bit blocks: operators only, so the same
+  code runs on jnp (traced) and numpy (host) arrays. ``keys`` are masked to ``w`` bits."""
+  mask = _C((1 << w) - 1)
+
+  def rotl(x, r):
+    return ((x << _C(r)) | (x >> _C(w - r))) & mask
+
+  left, right = (v >> _C(w)) & mask, v & mask
+  for i in range(0, len(keys), 2):
+    left = left ^ ((rotl(right, 1) & rotl(right, 8)) ^ rotl(right, 2)) ^ keys[i]
+    right = right ^ ((rotl(left, 1) & rotl(left, 8)) ^ rotl(left, 2)) ^ keys[i + 1]
+  return (left << _C(w)) | right
 
 
 def walk_passes(max_index: int, count: int) -> int:

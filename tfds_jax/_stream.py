@@ -48,6 +48,7 @@ from tfds_jax import _array_record
 from tfds_jax import _cache
 from tfds_jax import _features
 from tfds_jax import _sharding
+from tfds_jax import _shuffle
 from tfds_jax import _source
 from tfds_jax import _tf
 from tfds_jax import _tfds
@@ -331,17 +332,19 @@ def _advance(key: _Key, n: int) -> tuple[int, int]:
   return (epoch + 1, index + size - n) if index + size >= n else (epoch, index + size)
 
 
-_indices_at = jax.jit(_source.indices_at, static_argnums=0)
-
-
 def _cpu_record_indices(n: int, epoch: int, index: int, offsets: Iterable[int],
                         seed: int | None) -> np.ndarray:
-  """Records at positions ``index + offsets``, computed on the host CPU whatever
-  JAX's default device is (numpy arguments: no separate transfers)."""
-  with jax.default_device(jax.local_devices(backend="cpu")[0]):
-    return np.asarray(_indices_at(n, np.uint32(epoch % 2**32), np.int32(index),
-                                  np.asarray(list(offsets), np.int32),
-                                  None if seed is None else np.uint32(seed)))
+  """Records at positions ``index + offsets`` (``_source.indices_at``'s values),
+  computed with numpy on the host: a reader thread compiles nothing."""
+  j = index + np.asarray(list(offsets), np.int64)
+  wrapped = j >= n  # positions past the end continue in the next epoch
+  pos = np.where(wrapped, j - n, j)
+  if seed is None:
+    return pos.astype(np.int32)
+  out = np.empty_like(pos)
+  for w, s in ((False, seed + epoch), (True, seed + epoch + 1)):
+    out[wrapped == w] = _shuffle.host_permute(pos[wrapped == w], s, n - 1)
+  return out.astype(np.int32)
 
 
 def _to_jax(key: str, tensor, dtype, device, label: str) -> jax.Array:
