@@ -21,7 +21,9 @@ Run ``python benchmarks/datasets.py`` to prepare both under
 from __future__ import annotations
 
 import functools
+import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -204,6 +206,12 @@ def prepare(names=("bench_mnist", "bench_cifar"), file_format: str = "tfrecord")
   data_dir = DATA_DIR if file_format == "tfrecord" else DATA_DIR / file_format
   classes = builders()
   for name in names:
+    # Files of another format here (a stream that prepared a missing dataset itself, say):
+    # TFDS would refuse the builder, and a stream would silently read them with tf.data.
+    for info in (data_dir / name).glob("*/dataset_info.json"):
+      if json.loads(info.read_text()).get("fileFormat", "tfrecord") != file_format:
+        print(f"[datasets] {info.parent} holds another format; preparing it again", file=sys.stderr)
+        shutil.rmtree(info.parent)
     b = classes[name](data_dir=data_dir, file_format=file_format)
     if not b.is_prepared():
       print(f"[datasets] preparing {name} ({file_format}) in {data_dir} ...", file=sys.stderr, flush=True)

@@ -4,8 +4,8 @@ An entry is a directory of ``.npy`` files (one per feature) and a ``meta.json``
 that names what it holds (the load request: dataset, split, keys, mode; and the
 version and config it resolved to), a fingerprint of the prepared files it was
 decoded from, and CRC-32 checksums covering every byte of each array file (its
-header, then each 4 MiB block of its data), checked while the bytes are read
-anyway; ``meta.json`` carries a checksum of its own content. Reading an entry
+header, then each 4 MiB block of its data), all checked on every read;
+``meta.json`` carries a checksum of its own content. Reading an entry
 needs no TensorFlow. An entry is written in a temporary directory and renamed
 into place, so a crash never leaves a half-written entry that looks valid, and
 the temporary directories of writers that died (``kill -9``) on this machine
@@ -13,7 +13,8 @@ are removed by the next load. An entry that is stale (the dataset was prepared
 again) or damaged (any byte changed, truncated, extended) is detected on read,
 reported, and rebuilt.
 
-Buffers are 64-byte aligned so that JAX on the CPU adopts them without a copy.
+A read maps the files (the arrays are the file's pages, not copies; JAX on the
+CPU adopts them as they are, the ``.npy`` data being 64-byte aligned).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import concurrent.futures
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import socket
@@ -80,10 +82,11 @@ def _checksums(header: bytes, data: memoryview) -> list[int]:
 
 def _read_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype, checksums: list[int],
               pool: concurrent.futures.Executor) -> np.ndarray:
-  """Reads a ``.npy`` file into an aligned array, checking every byte against ``checksums``.
+  """Maps a ``.npy`` file read-only and checks every byte against ``checksums``.
 
-  Each block's checksum is computed on ``pool`` while the next block is read
-  (both release the GIL), so checking costs little more than reading.
+  The array is the file's own pages, not a copy (an entry never changes in
+  place: a rewrite replaces its directory, and a mapped file outlives its
+  removal). The blocks' checksums are computed on ``pool`` (zlib releases the GIL).
   """
   with open(path, "rb") as f:
     version = np.lib.format.read_magic(f)
@@ -96,18 +99,15 @@ def _read_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype, checksums: li
       raise ValueError(f"header says {got_dtype}{list(got_shape)}, meta says {dtype}{list(shape)}")
     offset = f.tell()
     f.seek(0)
-    got = [zlib.crc32(f.read(offset))]
-    out = aligned_empty(shape, dtype)
-    view = memoryview(out.reshape(-1).view(np.uint8))
-    crcs = []
-    for start in range(0, len(view), _BLOCK):  # check each block while it is still in cache
-      block = view[start:start + _BLOCK]
-      if f.readinto(block) != len(block):
-        raise ValueError(f"holds fewer data bytes than the {out.nbytes} expected")
-      crcs.append(pool.submit(zlib.crc32, block))
-    if f.read(1):
-      raise ValueError(f"holds more data bytes than the {out.nbytes} expected")
-  got += [c.result() for c in crcs]
+    header = f.read(offset)
+  nbytes = math.prod(shape) * dtype.itemsize
+  if path.stat().st_size != offset + nbytes:
+    raise ValueError(f"holds {path.stat().st_size - offset} data bytes, {nbytes} expected")
+  if not nbytes:
+    return np.empty(shape, dtype)
+  out = np.memmap(path, dtype, "r", offset, shape)
+  data = memoryview(out.reshape(-1).view(np.uint8))
+  got = [zlib.crc32(header), *pool.map(zlib.crc32, (data[i:i + _BLOCK] for i in range(0, nbytes, _BLOCK)))]
   if got != checksums:
     bad = next((i for i, (a, b) in enumerate(zip(got, checksums)) if a != b), 0)
     where = "its header" if bad == 0 else f"bytes {(bad - 1) * _BLOCK} to {bad * _BLOCK} of its data"
