@@ -59,3 +59,22 @@ def test_wheel_installs_without_the_lock_file_and_loads_the_embedded_dataset(tmp
   run = subprocess.run([str(python), "-c", _CHECK], capture_output=True, text=True, env=env, cwd=tmp_path)
   assert run.returncode == 0, run.stderr
   assert "installed beyond the library: []" in run.stdout, run.stdout
+
+
+def test_a_tensorflow_that_does_not_import_is_an_error_naming_what_is_installed(monkeypatch):
+  from tfds_jax import _tf  # pylint: disable=import-outside-toplevel
+  cause = ImportError("_pywrap_tensorflow_lite_metrics_wrapper.so: undefined symbol")
+  two = {"tensorflow": ["tensorflow_cpu", "tensorflow"], "numpy": ["numpy"]}
+  monkeypatch.setattr(_tf.importlib.metadata, "packages_distributions", lambda: two)
+  monkeypatch.setattr(_tf.importlib.metadata, "version", {"tensorflow": "2.20.0", "tensorflow_cpu": "2.21.0"}.get)
+  message = str(_tf.broken_tf(cause))
+  assert message.startswith("Expected one TensorFlow, got 2 installed into one environment"
+                            " (tensorflow 2.20.0, tensorflow-cpu 2.21.0)"), message
+  assert "undefined symbol" in message
+  assert "`pip uninstall -y tensorflow tensorflow-cpu && pip install tensorflow==2.20.0`" in message
+  monkeypatch.setattr(_tf.importlib.metadata, "packages_distributions", lambda: {"tensorflow": ["tf_nightly"]})
+  monkeypatch.setattr(_tf.importlib.metadata, "version", lambda name: "2.22.0.dev1")
+  message = str(_tf.broken_tf(cause))
+  assert message.startswith("Expected a working TensorFlow, got an ImportError importing tf-nightly 2.22.0.dev1"
+                            " (_pywrap"), message
+  assert message.endswith("reinstall it (`pip install --force-reinstall tf-nightly`).")

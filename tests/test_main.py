@@ -45,6 +45,8 @@ def test_info_and_prepare_commands(tmp_path, capsys, monkeypatch):
   assert cli.main(["info", "digits", "--data-dir", data]) == 0
   out = capsys.readouterr().out
   assert "digits 1.0.0: not prepared" in out and "'label': ClassLabel int64[], 10 classes" in out
+  assert f"splits: known once prepared (by `tfds-jax prepare digits --data-dir {data}` or a first load);" in out
+  assert "\n  The 1,797 8x8 handwritten digits of the UCI" in out and "0..16, here ...\n" in out  # cut at a word
   assert cli.main(["prepare", "digits", "--data-dir", data]) == 0
   assert "prepared digits in" in capsys.readouterr().out
   assert cli.main(["info", "digits", "--data-dir", data]) == 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -110,14 +111,40 @@ def import_tf():
         import tensorflow as tf  # pylint: disable=import-outside-toplevel
         _hide_accelerators(tf)  # the first listing of devices logs too ("failed call to cuInit")
     except ImportError as e:
-      raise ImportError(
-          f"Expected a working TensorFlow, got an ImportError importing it ({e}); two TensorFlow"
-          " flavours installed into one environment (tensorflow and tensorflow-cpu share one"
-          " folder) break each other: uninstall both and install one (`pip install"
-          " 'tfds_jax[tf]'` installs tensorflow-cpu).") from e
+      raise broken_tf(e) from e
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   _hide_accelerators(tf)
   return tf, import_tfds()
+
+
+def broken_tf(error: ImportError) -> ImportError:
+  """The error for a TensorFlow that is installed but does not import, naming what is installed.
+
+  Two flavours (``tensorflow`` and ``tensorflow-cpu``, say) share the folder
+  ``tensorflow/``: the one installed last overwrote some of the other's files.
+  """
+  found = _tf_distributions()
+  if len(found) > 1:
+    names = " ".join(name for name, _ in found)
+    return ImportError(
+        f"Expected one TensorFlow, got {len(found)} installed into one environment"
+        f" ({', '.join(f'{n} {v}' for n, v in found)}), which share the folder tensorflow/ and"
+        f" break each other (importing it: {error}); uninstall all of them and reinstall the one"
+        f" you want: `pip uninstall -y {names} && pip install {found[0][0]}=={found[0][1]}`"
+        " (where TensorFlow is installed, install tfds_jax without the `tf` extra).")
+  what = f"{found[0][0]} {found[0][1]}" if found else "TensorFlow"
+  return ImportError(
+      f"Expected a working TensorFlow, got an ImportError importing {what} ({error}); reinstall"
+      f" it (`pip install --force-reinstall {found[0][0] if found else 'tensorflow-cpu'}`).")
+
+
+def _tf_distributions() -> list[tuple[str, str]]:
+  """(name, version) of each installed distribution that provides the ``tensorflow`` package."""
+  try:
+    names = importlib.metadata.packages_distributions().get("tensorflow", [])
+    return sorted({(re.sub(r"[-_.]+", "-", name).lower(), importlib.metadata.version(name)) for name in names})
+  except (OSError, ValueError, importlib.metadata.PackageNotFoundError):  # only for a message
+    return []
 
 
 def _hide_accelerators(tf) -> None:

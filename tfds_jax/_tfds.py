@@ -449,8 +449,9 @@ def describe(name: str, *, data_dir: str | os.PathLike | None = None) -> str:
   b = builder(name, data_dir=data_dir)
   info = b.info
   lines = [f"{full_name(b)} {b.version}: {'prepared' if b.is_prepared() else 'not prepared'} in {b.data_dir}"]
-  if info.description:
-    lines.append("  " + info.description.strip().splitlines()[0][:200])
+  if (info.description or "").strip():
+    line = info.description.strip().splitlines()[0]  # its first paragraph, cut visibly at a word
+    lines.append("  " + (line if len(line) <= 200 else line[:200].rsplit(" ", 1)[0] + " ..."))
   lines.append("features (nested ones by path; sizes that vary need shapes={...} to be loaded):")
   record_bytes, fixed = 0, True
   for path, feature, t, group in _feature_leaves(info.features):
@@ -479,7 +480,12 @@ def describe(name: str, *, data_dir: str | os.PathLike | None = None) -> str:
   budget, where = memory_budget()
   stream = ("random access: ArrayRecord files" if file_format(b) == "array_record"
             else "tf.data: TFRecord files")
-  lines.append(f"splits (memory budget for eager loading: {human(budget)}, {where}; files: {file_format(b)}):")
+  if not info.splits:  # TFDS knows a dataset's splits once it is prepared
+    flag = f" --data-dir {data_dir}" if data_dir is not None else ""
+    lines.append(f"splits: known once prepared (by `tfds-jax prepare {name}{flag}` or a first load);"
+                 f" memory budget for eager loading: {human(budget)}, {where}")
+  else:
+    lines.append(f"splits (memory budget for eager loading: {human(budget)}, {where}; files: {file_format(b)}):")
   for split, split_info in sorted(info.splits.items()):
     nbytes = record_bytes * split_info.num_examples
     if not fixed:
