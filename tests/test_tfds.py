@@ -232,7 +232,10 @@ def _damage_cases():
   # Every part of an entry: the .npy header, the first and last data bytes, a middle
   # run (64 inverted bytes, as in the fault sweep), a truncated or extended file, and
   # meta.json (broken JSON, or valid JSON saying something else).
-  return ["header", "first", "last", "middle", "truncate", "extend", "meta_json", "meta_value"]
+  # "header_text": 64 inverted bytes in the header's dict, which numpy's parser would choke on
+  # (tokenize.TokenError, not a ValueError) if it ever saw them.
+  return ["header", "header_text", "first", "last", "middle", "truncate", "extend", "meta_json",
+          "meta_value"]
 
 
 @pytest.mark.parametrize("damage", _damage_cases())
@@ -247,6 +250,9 @@ def test_any_damage_to_a_cache_entry_is_detected(data_dir, cache_dir, monkeypatc
   data_start = len(raw) - tfds_builders.TRAIN * 64
   if damage == "header":
     raw[data_start - 2] ^= 0x01  # a padding byte of the header
+  elif damage == "header_text":
+    for i in range(10, 74):  # the dict after the magic and the header length
+      raw[i] ^= 0xFF
   elif damage == "first":
     raw[data_start] ^= 0x80
   elif damage == "last":

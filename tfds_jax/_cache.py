@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import io
 import json
 import logging
 import os
@@ -85,18 +86,25 @@ def _read_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype, checksums: li
   Each block's checksum is computed on ``pool`` while the next block is read
   (both release the GIL), so checking costs little more than reading.
   """
+  nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
   with open(path, "rb") as f:
-    version = np.lib.format.read_magic(f)
+    size = os.fstat(f.fileno()).st_size
+    if size <= nbytes:
+      raise ValueError(f"{path.name} holds {size} bytes, fewer than its {nbytes} data bytes and a header")
+    header = f.read(size - nbytes)  # checked before numpy parses it: damage must never reach the parser
+    got = [zlib.crc32(header)]
+    if got[0] != checksums[0]:
+      raise ValueError(f"{path.name} does not match its checksums (its header changed, or bytes were"
+                       " added or removed)")
+    parsed = io.BytesIO(header)
+    version = np.lib.format.read_magic(parsed)
     read_header = {(1, 0): np.lib.format.read_array_header_1_0,
                    (2, 0): np.lib.format.read_array_header_2_0}.get(version)
     if read_header is None:
       raise ValueError(f"unsupported .npy version {version}")
-    got_shape, fortran, got_dtype = read_header(f)
-    if tuple(got_shape) != shape or got_dtype != dtype or fortran:
+    got_shape, fortran, got_dtype = read_header(parsed)
+    if tuple(got_shape) != shape or got_dtype != dtype or fortran or parsed.tell() != len(header):
       raise ValueError(f"header says {got_dtype}{list(got_shape)}, meta says {dtype}{list(shape)}")
-    offset = f.tell()
-    f.seek(0)
-    got = [zlib.crc32(f.read(offset))]
     out = aligned_empty(shape, dtype)
     view = memoryview(out.reshape(-1).view(np.uint8))
     crcs = []
@@ -169,8 +177,8 @@ def read(key: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]
         arrays[feature["name"]] = _read_npy(path / feature["file"], tuple(feature["shape"]),
                                             np.dtype(feature["dtype"]), feature["checksums"], pool)
     return arrays, meta["extra"]
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    log.warning("cache at %s is damaged (%s); rebuilding it.", path, e)
+  except Exception as e:  # pylint: disable=broad-except  # whatever a damaged entry raises, it is not used
+    log.warning("cache at %s is damaged (%s: %s); rebuilding it.", path, type(e).__name__, e)
     shutil.rmtree(path, ignore_errors=True)
     return None
 
