@@ -573,7 +573,7 @@ def stream(
     >>> batch["image"].shape  # doctest: +SKIP
     (32, 8, 8, 1)
   """
-  _tfds.check_request(name, split, device=device, beam_num_workers=beam_num_workers)
+  _tfds.check_request(name, split, device=device, beam_num_workers=beam_num_workers, data_dir=data_dir)
   if include_keys is not None and exclude_keys is not None:
     raise ValueError(
         f"Expected at most one of include_keys and exclude_keys, got both"
@@ -692,7 +692,7 @@ def from_tfds(
     'Source'
   """
   _tfds.check_request(name, split, device=kwargs.get("device"),
-                      beam_num_workers=kwargs.get("beam_num_workers"))
+                      beam_num_workers=kwargs.get("beam_num_workers"), data_dir=kwargs.get("data_dir"))
   cached = _cached_choice(name, split, eager=eager, memory_budget=memory_budget, **kwargs)
   use_eager, reason = cached or choose(name, split, eager=eager, memory_budget=memory_budget, **kwargs)
   log.info("from_tfds(%r, %r): %s", name, split, reason)
