@@ -231,6 +231,28 @@ def test_driver_errors():
     jax.jit(lambda s: tfds_jax.run_epochs(train_step, _carry(), SOURCE, s, 1, 8)[0])(state)
 
 
+def test_drivers_check_concrete_states_and_functions_before_running():
+  # An eager call knows the state's values: an out-of-range one is an error, as for next_batch
+  # (it was read modulo the size inside the jitted loop, without a word).
+  bad = tfds_jax.SourceState(jnp.int32(0), jnp.int32(N + 26), jnp.uint32(2))
+  pipe = tfds_jax.pipeline(SOURCE, batch_size=8, shuffle=True)
+  match = rf"Expected a state of the source with epoch >= 0 and 0 <= index < {N} .* got epoch 0, index {N + 26}"
+  for call in (lambda: tfds_jax.run_steps(train_step, _carry(), SOURCE, bad, 3, 8),
+               lambda: tfds_jax.run_steps(train_step, _carry(), SOURCE, bad, 3, 8, fused=False),
+               lambda: tfds_jax.run_steps(train_step, _carry(), pipe, bad, 3),
+               lambda: tfds_jax.run_epochs(train_step, _carry(), SOURCE, bad, 1, 8, progress=False)):
+    with pytest.raises(ValueError, match=match):
+      call()
+  # Inside your own jit the state is traced: read modulo the size, as documented for next_batch.
+  carry, state = jax.jit(lambda s: tfds_jax.run_steps(train_step, _carry(), SOURCE, s, 3, 8))(bad)
+  _close(carry, tfds_jax.run_steps(train_step, _carry(), SOURCE, bad._replace(index=jnp.int32(26)), 3, 8)[0])
+  state = tfds_jax.init(SOURCE)
+  with pytest.raises(TypeError, match="Expected train_step to be a function .carry, batch. -> carry, got int 3"):
+    tfds_jax.run_steps(3, _carry(), SOURCE, state, 2, 8)
+  with pytest.raises(TypeError, match="Expected on_epoch_end to be a function .epoch, carry, state. .* got int 3"):
+    tfds_jax.run_epochs(train_step, _carry(), SOURCE, state, 1, 8, on_epoch_end=3, progress=False)
+
+
 def test_run_steps_passes_sharding_to_next_batch():
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P  # pylint: disable=import-outside-toplevel
   mesh = Mesh(np.array(jax.devices()[:4]), ("data",))

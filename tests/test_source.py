@@ -308,6 +308,36 @@ def test_concrete_invalid_states_are_errors():
     jax.jit(next_batch, static_argnums=2)(source, state._replace(index=jnp.float32(1)), 4)  # dtypes are static
 
 
+def test_hand_made_states_out_of_int32_or_seed_range_are_errors():
+  source = _source(20)
+  for bad, match in [
+      (tfds_jax.SourceState(2**40, 3, None), r"Expected the state's epoch below 2\*\*31 \(an int32\), got 1099511627776"),
+      (tfds_jax.SourceState(0, 3, 2**40), r"Expected the state's seed in \[0, 2\*\*32\), got 1099511627776"),
+      (tfds_jax.SourceState(0, 3, -1), r"state's seed in \[0, 2\*\*32\), got -1"),
+      (tfds_jax.SourceState(jnp.int32(0), jnp.int32(3), jnp.int32(-1)), r"got -1; make states with tfds_jax.init"),
+  ]:
+    with pytest.raises(ValueError, match=match):  # was JAX's OverflowError, or silently seed 2**32 - 1
+      next_batch(source, bad, 4)
+  want = next_batch(source, tfds_jax.SourceState(0, 3, np.uint32(2**32 - 1)), 4)[0]["x"]
+  np.testing.assert_array_equal(  # an int seed in range is fine (was JAX's OverflowError above 2**31)
+      next_batch(source, tfds_jax.SourceState(0, 3, 2**32 - 1), 4)[0]["x"], want)
+  pipe = tfds_jax.pipeline(source, batch_size=4, shuffle=True)
+  np.testing.assert_array_equal(next_batch(pipe, tfds_jax.SourceState(0, 3, 2**32 - 1))[0]["x"], want)
+
+
+def test_arrays_of_different_lengths_are_refused_wherever_they_are_read():
+  # A gather past the end of the shorter array would return clamped or arbitrary rows.
+  arrays = {"x": np.arange(10), "y": {"z": np.arange(5)}}
+  direct = tfds_jax.Source(data=jax.tree.map(jnp.asarray, arrays))
+  match = r"Expected every feature to have the same number of records .* got \{'x': 10, \('y', 'z'\): 5\}"
+  for call in (lambda: init(arrays), lambda: next_batch(arrays, init(_source(10)), 8),
+               lambda: batch_at(direct, 4, 6), lambda: tfds_jax.element_spec(direct),
+               lambda: tfds_jax.compute_statistics(arrays, chunk_size=4),
+               lambda: tfds_jax.pipeline(direct, batch_size=2)):
+    with pytest.raises(ValueError, match=match):
+      call()
+
+
 def test_states_handed_out_are_not_read_back():
   source = _source(20)
   state = init(source)

@@ -167,3 +167,23 @@ def test_stage_errors_are_clear():
     tfds_jax.random_flip()(_keys(), {"label": LABELS})
   with pytest.raises(ValueError, match="Expected per-record keys for the random stage random_flip"):
     tfds_jax.random_flip()(None, _batch())
+
+
+@pytest.mark.parametrize("call, error, match", [
+    # Options were silently truncated by int(): padding 2.5 padded 2, axis 1.5 flipped axis 1.
+    (lambda: tfds_jax.random_crop(padding=2.5), TypeError, "Expected random_crop's padding to be an int, got float 2.5"),
+    (lambda: tfds_jax.random_crop(size=(4.5, 4)), TypeError, "Expected each of random_crop's size to be an int, got float 4.5"),
+    (lambda: tfds_jax.random_crop(size=(0, 4)), ValueError, r"Expected size=\(height, width\) of positive ints, got \(0, 4\)"),
+    (lambda: tfds_jax.random_flip(axis=1.5), TypeError, "Expected random_flip's axis to be an int, got float 1.5"),
+    # An integer dtype turned every pixel scaled by 1/255 into 0.
+    (lambda: tfds_jax.to_float(dtype="int32"), TypeError, "Expected a floating dtype for to_float, got int32"),
+    (lambda: tfds_jax.one_hot(True), ValueError, "Expected num_classes to be a positive int, got True"),
+    # record_keys: a ZeroDivisionError for 0 records; positions past the next epoch got other epochs' keys.
+    (lambda: tfds_jax.record_keys(0, 0, 0, 4, 0), ValueError, r"Expected num_records in \[1, 2\*\*31 - 1\], got 0"),
+    (lambda: tfds_jax.record_keys(0, 0, 0, 250, 100), ValueError, r"Expected 1 <= size <= 100 \(the number of records\), got 250"),
+    (lambda: tfds_jax.record_keys(0, 0, 0, 4.0, 100), TypeError, "Expected record_keys's size to be an int, got float 4.0"),
+])
+def test_stage_options_are_never_truncated_or_out_of_range(call, error, match):
+  with pytest.raises(error, match=match):
+    call()
+  assert tfds_jax.random_crop(padding=np.int64(2), size=(np.int32(4), 4)).options  # numpy ints are fine

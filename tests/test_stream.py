@@ -436,6 +436,21 @@ def test_bad_input(dirs, ra):
       tfds_jax.batch_at(s, 0, 4)
 
 
+def test_options_are_checked_before_any_work(dirs):
+  for bad in (0, -1, 2.5):  # tf.data's error blamed the files ("damaged") at the first shuffled read
+    with pytest.raises(ValueError, match=f"Expected shuffle_buffer_size to be a positive int, got {bad}"):
+      tfds_jax.stream("toy_images", "train", data_dir=dirs["tfrecord"], shuffle_buffer_size=bad)
+  kwargs = dict(data_dir=dirs["array_record"], exclude_keys=["id"])
+  tfds_jax.load("toy_images", "train", **kwargs)
+  from tfds_jax import _cache  # pylint: disable=import-outside-toplevel
+  _cache.flush()  # cached: from_tfds's cached path returned before checking the options
+  with pytest.raises(TypeError, match=r"Expected options of load or stream, got unknown \['batch_size'\]"):
+    tfds_jax.from_tfds("toy_images", "train", batch_size=4, **kwargs)
+  with pytest.raises(ValueError, match="Expected memory_budget to be None or a number of bytes >= 0, got -5"):
+    tfds_jax.from_tfds("toy_images", "train", memory_budget=-5, **kwargs)
+  assert isinstance(tfds_jax.from_tfds("toy_images", "train", **kwargs), tfds_jax.Source)
+
+
 def test_from_tfds_chooses_by_decoded_size(dirs, caplog, monkeypatch):
   d = dirs["array_record"]
   record = 8 * 8 + 4 + 4 + 4 + 8  # image, label, score, meta/a, meta/b (id is a string)

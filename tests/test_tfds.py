@@ -232,7 +232,10 @@ def _damage_cases():
   # Every part of an entry: the .npy header, the first and last data bytes, a middle
   # run (64 inverted bytes, as in the fault sweep), a truncated or extended file, and
   # meta.json (broken JSON, or valid JSON saying something else).
-  return ["header", "first", "last", "middle", "truncate", "extend", "meta_json", "meta_value"]
+  # "header_text": 64 inverted bytes in the header's dict, which numpy's parser would choke on
+  # (tokenize.TokenError, not a ValueError) if it ever saw them.
+  return ["header", "header_text", "first", "last", "middle", "truncate", "extend", "meta_json",
+          "meta_value"]
 
 
 @pytest.mark.parametrize("damage", _damage_cases())
@@ -247,6 +250,9 @@ def test_any_damage_to_a_cache_entry_is_detected(data_dir, cache_dir, monkeypatc
   data_start = len(raw) - tfds_builders.TRAIN * 64
   if damage == "header":
     raw[data_start - 2] ^= 0x01  # a padding byte of the header
+  elif damage == "header_text":
+    for i in range(10, 74):  # the dict after the magic and the header length
+      raw[i] ^= 0xFF
   elif damage == "first":
     raw[data_start] ^= 0x80
   elif damage == "last":
@@ -344,6 +350,19 @@ def test_writes_killed_midway_are_cleaned_up_by_the_next_load(data_dir, cache_di
     (lambda d: tfds_jax.prepare("toy_images", data_dir=d, beam_num_workers=0), ValueError, "got 0"),
     (lambda d: tfds_jax.stream("toy_images", "train", data_dir=d, beam_num_workers=-1), ValueError, "got -1"),
     (lambda d: tfds_jax.from_tfds("toy_images", ["train"], data_dir=d), TypeError, "one split string"),
+    # was os.fspath's "expected str, bytes or os.PathLike object, not int"
+    (lambda d: tfds_jax.load("digits", "train", data_dir=123), TypeError,
+     r"Expected data_dir to be None or a path \(a str or os.PathLike\), got int 123"),
+    (lambda d: tfds_jax.stream("toy_images", "train", data_dir=123), TypeError, "Expected data_dir"),
+    (lambda d: tfds_jax.prepare("toy_images", data_dir=123), TypeError, "Expected data_dir"),
+    (lambda d: tfds_jax.from_tfds("toy_images", "train", data_dir=123), TypeError, "Expected data_dir"),
+    # an empty slice: was numpy's "negative dimensions are not allowed"
+    (lambda d: tfds_jax.load("toy_images", "train[5:2]", data_dir=d, cache=False), ValueError,
+     r"Expected a split of 'toy_images' with at least one record, got 'train\[5:2\]', which selects none"),
+    (lambda d: tfds_jax.stream("toy_images", "train[40:]", data_dir=d), ValueError, "with at least one record"),
+    # include_keys=[] loaded every feature
+    (lambda d: tfds_jax.load("toy_images", "train", data_dir=d, include_keys=[], cache=False), ValueError,
+     r"Expected at least one feature of 'toy_images' to load, got none after include_keys/exclude_keys"),
 ])
 def test_bad_arguments_are_clear_errors_before_any_work(data_dir, call, error, match):
   with pytest.raises(error, match=match):

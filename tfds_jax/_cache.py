@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import hashlib
+import io
 import json
 import logging
-import math
 import os
 import shutil
 import socket
@@ -88,26 +88,30 @@ def _read_npy(path: Path, shape: tuple[int, ...], dtype: np.dtype, checksums: li
   place: a rewrite replaces its directory, and a mapped file outlives its
   removal). The blocks' checksums are computed on ``pool`` (zlib releases the GIL).
   """
+  nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
   with open(path, "rb") as f:
-    version = np.lib.format.read_magic(f)
+    size = os.fstat(f.fileno()).st_size
+    if size <= nbytes:
+      raise ValueError(f"{path.name} holds {size} bytes, fewer than its {nbytes} data bytes and a header")
+    header = f.read(size - nbytes)  # checked before numpy parses it: damage must never reach the parser
+    got = [zlib.crc32(header)]
+    if got[0] != checksums[0]:
+      raise ValueError(f"{path.name} does not match its checksums (its header changed, or bytes were"
+                       " added or removed)")
+    parsed = io.BytesIO(header)
+    version = np.lib.format.read_magic(parsed)
     read_header = {(1, 0): np.lib.format.read_array_header_1_0,
                    (2, 0): np.lib.format.read_array_header_2_0}.get(version)
     if read_header is None:
       raise ValueError(f"unsupported .npy version {version}")
-    got_shape, fortran, got_dtype = read_header(f)
-    if tuple(got_shape) != shape or got_dtype != dtype or fortran:
+    got_shape, fortran, got_dtype = read_header(parsed)
+    if tuple(got_shape) != shape or got_dtype != dtype or fortran or parsed.tell() != len(header):
       raise ValueError(f"header says {got_dtype}{list(got_shape)}, meta says {dtype}{list(shape)}")
-    offset = f.tell()
-    f.seek(0)
-    header = f.read(offset)
-  nbytes = math.prod(shape) * dtype.itemsize
-  if path.stat().st_size != offset + nbytes:
-    raise ValueError(f"holds {path.stat().st_size - offset} data bytes, {nbytes} expected")
   if not nbytes:
     return np.empty(shape, dtype)
-  out = np.memmap(path, dtype, "r", offset, shape)
+  out = np.memmap(path, dtype, "r", len(header), shape)  # the data: the bytes after the header
   data = memoryview(out.reshape(-1).view(np.uint8))
-  got = [zlib.crc32(header), *pool.map(zlib.crc32, (data[i:i + _BLOCK] for i in range(0, nbytes, _BLOCK)))]
+  got += pool.map(zlib.crc32, (data[i:i + _BLOCK] for i in range(0, nbytes, _BLOCK)))
   if got != checksums:
     bad = next((i for i, (a, b) in enumerate(zip(got, checksums)) if a != b), 0)
     where = "its header" if bad == 0 else f"bytes {(bad - 1) * _BLOCK} to {bad * _BLOCK} of its data"
@@ -169,8 +173,8 @@ def read(key: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], dict[str, Any]]
         arrays[feature["name"]] = _read_npy(path / feature["file"], tuple(feature["shape"]),
                                             np.dtype(feature["dtype"]), feature["checksums"], pool)
     return arrays, meta["extra"]
-  except (OSError, ValueError, KeyError, TypeError) as e:
-    log.warning("cache at %s is damaged (%s); rebuilding it.", path, e)
+  except Exception as e:  # pylint: disable=broad-except  # whatever a damaged entry raises, it is not used
+    log.warning("cache at %s is damaged (%s: %s); rebuilding it.", path, type(e).__name__, e)
     shutil.rmtree(path, ignore_errors=True)
     return None
 

@@ -81,10 +81,12 @@ def run_steps(
     ``metrics`` set.
 
   Raises:
-    TypeError: ``num_steps`` is not an int; ``train_step`` returns a carry of
-      another structure, shape or dtype, or not a ``(carry, metrics)`` pair
-      with ``metrics`` set.
-    ValueError: ``num_steps < 0`` or an unknown ``metrics``.
+    TypeError: ``num_steps`` is not an int; ``train_step`` is not a function,
+      or returns a carry of another structure, shape or dtype, or not a
+      ``(carry, metrics)`` pair with ``metrics`` set.
+    ValueError: ``num_steps < 0`` or an unknown ``metrics``; a concrete state
+      outside the source (as for :func:`next_batch`; a traced one, inside your
+      own ``jit``, is read modulo the source's size).
 
   Example:
     >>> import numpy as np, tfds_jax
@@ -100,6 +102,8 @@ def run_steps(
   """
   _check_count("num_steps", num_steps)
   _check_metrics(metrics)
+  _check_callable("train_step", train_step, "a function (carry, batch) -> carry")
+  state = _checked_state(source, state)
   if not _in_memory(source) or not fused:
     carry, state, acc = _python_steps(train_step, carry, source, state, num_steps, batch_size,
                                       metrics, sharding, None, 0, num_steps)
@@ -216,9 +220,11 @@ def run_epochs(
 
   Raises:
     TypeError: the state is traced (called inside ``jit`` or ``vmap``),
-      ``num_epochs`` is not an int, or ``train_step`` returns another
-      structure (as for :func:`run_steps`).
-    ValueError: ``num_epochs < 0`` or an unknown ``metrics``.
+      ``num_epochs`` is not an int, ``train_step`` or ``on_epoch_end`` is not
+      a function, or ``train_step`` returns another structure (as for
+      :func:`run_steps`).
+    ValueError: ``num_epochs < 0`` or an unknown ``metrics``; a state outside
+      the source.
 
   Example:
     >>> import numpy as np, tfds_jax
@@ -234,11 +240,15 @@ def run_epochs(
   """
   _check_count("num_epochs", num_epochs)
   _check_metrics(metrics)
+  _check_callable("train_step", train_step, "a function (carry, batch) -> carry")
+  if on_epoch_end is not None:
+    _check_callable("on_epoch_end", on_epoch_end, "a function (epoch, carry, state) called after each epoch")
   if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(state)):
     raise TypeError(
         "Expected a concrete SourceState, got a traced one: run_epochs runs a Python loop (progress"
         " bar, callbacks) and cannot run inside jit or vmap; call it outside jit, or use run_steps"
         " (a fixed number of steps) inside your jitted function.")
+  state = _checked_state(source, state)
   n = source.num_records if hasattr(source, "num_records") else _source._num_records(source)  # pylint: disable=protected-access
   size = batch_size if batch_size is not None else getattr(source, "batch_size", None)
   _source._check_batch_size(n, size)  # pylint: disable=protected-access
@@ -423,6 +433,23 @@ def _check_count(what: str, value: Any) -> None:
                     f" pass a whole number of {what.split('_')[1]} (it sets the loop length).")
   if value < 0:
     raise ValueError(f"Expected {what} >= 0, got {value}; pass how many {what.split('_')[1]} to run.")
+
+
+def _check_callable(what: str, fn: Any, kind: str) -> None:
+  if not callable(fn):
+    raise TypeError(f"Expected {what} to be {kind}, got {type(fn).__name__} {fn!r:.80}; pass a"
+                    " function.")
+
+
+def _checked_state(source: Any, state: Any) -> SourceState:
+  """``state`` checked against an in-memory source where its values are concrete (called
+  eagerly: the loop runs inside jit, where an invalid state would be read modulo the size);
+  a stream checks its own states."""
+  if not _in_memory(source):
+    return state
+  n = source.num_records if hasattr(source, "num_records") else _source._num_records(source)  # pylint: disable=protected-access
+  _source.check_state(state, n, _source._label(source))  # pylint: disable=protected-access
+  return _source.as_arrays(state)
 
 
 def _check_metrics(metrics: Any) -> None:

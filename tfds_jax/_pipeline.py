@@ -101,6 +101,7 @@ class Pipeline:
     _check_state(state)
     if isinstance(self.source, Source):
       _source.check_state(state, self.num_records, _source._label(self.source))  # pylint: disable=protected-access
+      state = _source.as_arrays(state)
       if sharding is None:  # one dispatch: the batch and the advanced position
         batch, epoch, index = _next((self, state.epoch, state.index, state.seed), size)
       else:

@@ -12,8 +12,8 @@ record ``i``; shuffled with seed ``s``, it is record
 ``grain.MapDataset.source(records).shuffle(seed=s)``.
 
 States are checked wherever their values are concrete (eager calls): an
-``index`` outside ``[0, n)``, a negative ``epoch`` or a non-integer dtype is an
-error. Inside ``jit`` nothing can raise, so the index math is total instead: a
+``index`` outside ``[0, n)``, a negative ``epoch`` (or one beyond int32), a
+seed outside ``[0, 2**32)`` or a non-integer dtype is an error. Inside ``jit`` nothing can raise, so the index math is total instead: a
 traced state ``(epoch, index)`` is read as ``(epoch, index mod n)`` (Python's
 modulo: a negative index counts from the end of the epoch), the returned state
 is that position advanced (valid from then on), and a read never leaves the
@@ -103,14 +103,31 @@ def _path_name(path) -> str:
 def _arrays(source: Any) -> Mapping[str, jax.Array]:
   """The arrays of a :class:`Source` or of a dict of arrays; a clear error for anything else."""
   if isinstance(source, Source):
-    return source.data
+    return _same_length(source.data)
   if (isinstance(source, Mapping) and source
       and all(getattr(v, "ndim", 0) >= 1 for v in jax.tree.leaves(source))):
-    return source
+    return _same_length(source)
   raise TypeError(
       f"Expected a Source, Pipeline or Stream (or a dict of arrays with a leading record axis),"
       f" got {_describe(source)}; make a source with tfds_jax.from_arrays({{'x': array}}),"
       " load or stream.")
+
+
+def _same_length(data: Mapping[str, Any]) -> Mapping[str, Any]:
+  """``data``, whose arrays must share their leading (record) axis: a gather of
+  another one would read past the end of the shorter ones."""
+  leaves = jax.tree_util.tree_flatten_with_path(data)[0]
+  if len({np.shape(v)[0] for _, v in leaves}) > 1:
+    _check_lengths({_features.ident(tuple(k.key for k in p)): np.shape(v)[0] for p, v in leaves})
+  return data
+
+
+def _check_lengths(lengths: Mapping[Any, int]) -> None:
+  if len(set(lengths.values())) > 1:
+    raise ValueError(
+        f"Expected every feature to have the same number of records (leading"
+        f" axis), got {dict(lengths)}; slice them to a common length."
+    )
 
 
 def _describe(value: Any) -> str:
@@ -213,11 +230,7 @@ def from_arrays(
     if isinstance(value, np.ndarray):  # JAX's dtype: int64 -> int32 with x64 off, never wrapped
       value = to_jax_dtype(key, value, np.dtype(jax.dtypes.canonicalize_dtype(dtype)), label)
     converted[path] = value
-  if len(set(lengths.values())) > 1:
-    raise ValueError(
-        f"Expected every feature to have the same number of records (leading"
-        f" axis), got {lengths}; slice them to a common length."
-    )
+  _check_lengths(lengths)
   n = next(iter(lengths.values()))
   if not 0 < n <= _MAX_RECORDS:
     raise ValueError(
@@ -409,8 +422,9 @@ def check_state(state: Any, n: int, label: str = "the source") -> tuple[int, int
   """Checks a state against a source of ``n`` records, as far as its values are known.
 
   Types, dtypes and shapes are static and always checked (under ``jit`` too).
-  Concrete values are checked too: ``epoch >= 0`` and ``0 <= index < n``,
-  reading them back only for states this module did not hand out itself.
+  Concrete values are checked too: ``0 <= epoch < 2**31``, ``0 <= index < n``
+  and a seed in ``[0, 2**32)``, reading epoch and index back only for states
+  this module did not hand out itself (and a seed only if it is not uint32).
 
   Returns:
     ``(epoch, index)`` as ints if they were read, else None (traced, or known valid).
@@ -437,7 +451,15 @@ def check_state(state: Any, n: int, label: str = "the source") -> tuple[int, int
       raise TypeError(
           f"Expected the state's {field} to be an integer scalar, got {got}; make states with"
           " tfds_jax.init, and vmap over batched states.")
-  if any(isinstance(x, jax.core.Tracer) for x in state) or _issued(state, n):
+  if any(isinstance(x, jax.core.Tracer) for x in state):
+    return None
+  seed = state.seed
+  if seed is not None and getattr(seed, "dtype", None) != np.uint32:  # uint32 seeds are all in range
+    if not 0 <= int(seed) < 2**32:  # used modulo 2**32 otherwise: silently another order
+      raise ValueError(
+          f"Expected the state's seed in [0, 2**32), got {int(seed)}; make states with"
+          " tfds_jax.init(source, seed=..., shuffle=True), which turns any seed into one.")
+  if _issued(state, n):
     return None
   epoch, index = int(state.epoch), int(state.index)
   if epoch < 0 or not 0 <= index < n:
@@ -445,7 +467,20 @@ def check_state(state: Any, n: int, label: str = "the source") -> tuple[int, int
         f"Expected a state of {label} with epoch >= 0 and 0 <= index < {n} (its number of"
         f" records), got epoch {epoch}, index {index}; it belongs to another dataset or split:"
         " make it with tfds_jax.init(source), or restore it with state_from_dict.")
+  if epoch >= 2**31:  # an int32 field: a jitted call could not even take it
+    raise ValueError(
+        f"Expected the state's epoch below 2**31 (an int32), got {epoch}; make states with"
+        " tfds_jax.init(source) and advance them with next_batch.")
   return epoch, index
+
+
+def as_arrays(state: SourceState) -> SourceState:
+  """A checked state with Python ints (a hand-made state) as the int32 / uint32 arrays
+  :func:`init` makes: a jitted call would take a seed above ``2**31`` for an int32."""
+  if not any(isinstance(x, int) for x in state):
+    return state
+  return SourceState(*(jnp.asarray(x, dtype) if isinstance(x, int) else x
+                       for x, dtype in zip(state, (jnp.int32, jnp.int32, _U32))))
 
 
 def record_indices(
@@ -712,6 +747,7 @@ def next_batch(
   n = _num_records(arrays)
   _check_batch_size(n, batch_size)
   check_state(state, n, _label(source))
+  state = as_arrays(state)
   if sharding is None:
     batch, epoch, index = _next(arrays, state.epoch, state.index, batch_size, state.seed)
   else:

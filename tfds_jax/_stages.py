@@ -185,12 +185,26 @@ def record_keys(
   Returns:
     A typed key array, one key per row.
 
+  Raises:
+    ValueError: ``num_records`` outside ``[1, 2**31 - 1]``, or an int ``size``
+      outside ``[1, num_records]``.
+    TypeError: ``num_records`` or ``size`` is a float or bool.
+
   Example:
     >>> import tfds_jax
     >>> tfds_jax.record_keys(0, 0, 3, 4, 5).shape
     (4,)
   """
-  offsets = jnp.arange(size, dtype=jnp.uint32) if isinstance(size, (int, np.integer)) else size
+  num_records = _int(num_records, "record_keys's num_records", "pass the dataset's size")
+  if not 1 <= num_records <= 2**31 - 1:
+    raise ValueError(f"Expected num_records in [1, 2**31 - 1], got {num_records}; pass the dataset's"
+                     " size (source.num_records).")
+  if not isinstance(size, (jax.Array, np.ndarray)):
+    size = _int(size, "record_keys's size", "pass the batch size")
+    if not 1 <= size <= num_records:  # positions past the next epoch would get other epochs' keys
+      raise ValueError(f"Expected 1 <= size <= {num_records} (the number of records), got {size};"
+                       " a batch spans at most two epochs: use a smaller batch.")
+  offsets = jnp.arange(size, dtype=jnp.uint32) if isinstance(size, int) else size
   n = jnp.uint32(num_records)
   index = int(index) % num_records if isinstance(index, (int, np.integer)) else index
   pos = _shuffle.wrap(index, num_records) + _u32(offsets)  # total, as the record indices are
@@ -200,6 +214,13 @@ def record_keys(
   base = jax.random.key(_u32(seed))
   fold = jax.vmap(lambda e, i: jax.random.fold_in(jax.random.fold_in(base, e), i))
   return fold(epochs, pos)
+
+
+def _int(value: Any, what: str, hint: str) -> int:
+  """``value`` as an int; a float (never truncated), a bool or anything else is an error."""
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"Expected {what} to be an int, got {type(value).__name__} {value!r}; {hint}.")
+  return int(value)
 
 
 def _u32(x: jax.typing.ArrayLike) -> jax.Array:
@@ -256,13 +277,19 @@ def to_float(features: str | Sequence[str | tuple] = "image", *, scale: float = 
   Returns:
     A deterministic :class:`Stage`.
 
+  Raises:
+    TypeError: ``dtype`` is not a floating dtype.
+
   Example:
     >>> import numpy as np, tfds_jax
     >>> tfds_jax.to_float()(None, {"image": np.full((1, 1), 255, np.uint8)})["image"].tolist()
     [[1.0]]
   """
-  return Stage(_to_float, (), _options(features=_features(features), scale=float(scale),
-                                       dtype=jnp.dtype(dtype)))
+  dtype = jnp.dtype(dtype)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(f"Expected a floating dtype for to_float, got {dtype}; pass e.g. jnp.float32 or"
+                    " jnp.bfloat16 (in an integer dtype, pixels scaled by 1/255 round to 0).")
+  return Stage(_to_float, (), _options(features=_features(features), scale=float(scale), dtype=dtype))
 
 
 def _to_float(keys, batch, params, *, features, scale, dtype):
@@ -367,6 +394,7 @@ def random_flip(features: str | Sequence[str | tuple] = "image", *, axis: int = 
   Raises:
     ValueError: ``probability`` outside ``[0, 1]``; when traced, an ``axis``
       the record does not have.
+    TypeError: ``axis`` is not an int.
 
   Example:
     >>> import numpy as np, tfds_jax
@@ -377,7 +405,9 @@ def random_flip(features: str | Sequence[str | tuple] = "image", *, axis: int = 
   if not 0.0 <= float(probability) <= 1.0:
     raise ValueError(f"Expected probability in [0, 1] for random_flip, got {probability}; pass"
                      " the chance that a record is flipped.")
-  return Stage(_flip, (), _options(features=_features(features), axis=int(axis),
+  axis = _int(axis, "random_flip's axis", "pass a record axis, e.g. -2 for the width of [H, W, C]"
+              " images")
+  return Stage(_flip, (), _options(features=_features(features), axis=axis,
                                    probability=float(probability)))
 
 
@@ -413,6 +443,10 @@ def random_crop(features: str | Sequence[str | tuple] = "image", *, padding: int
   Returns:
     A random :class:`Stage`.
 
+  Raises:
+    TypeError: ``padding`` or a size is not an int (never truncated).
+    ValueError: ``padding < 0``, or ``size`` not two positive ints.
+
   Example:
     >>> import numpy as np, tfds_jax
     >>> crop = tfds_jax.random_crop(padding=2)
@@ -420,10 +454,15 @@ def random_crop(features: str | Sequence[str | tuple] = "image", *, padding: int
     >>> crop(keys, {"image": np.ones((3, 8, 8, 3), np.uint8)})["image"].shape
     (3, 8, 8, 3)
   """
+  padding = _int(padding, "random_crop's padding", "pass a whole number of pixels")
   if padding < 0:
     raise ValueError(f"Expected padding >= 0, got {padding}; pass 0 or more pixels.")
-  return Stage(_crop, (), _options(features=_features(features), padding=int(padding),
-                                   size=None if size is None else tuple(int(s) for s in size)))
+  if size is not None:
+    size = tuple(_int(s, "each of random_crop's size", "pass (height, width) in pixels") for s in size)
+    if len(size) != 2 or min(size) < 1:
+      raise ValueError(f"Expected size=(height, width) of positive ints, got {size}; pass e.g."
+                       " size=(24, 24), or None for the image's own size.")
+  return Stage(_crop, (), _options(features=_features(features), padding=padding, size=size))
 
 
 def _crop(keys, batch, params, *, features, padding, size):
@@ -470,10 +509,10 @@ def one_hot(num_classes: int, features: str | Sequence[str | tuple] = "label", *
     >>> tfds_jax.one_hot(3)(None, {"label": np.array([0, 2])})["label"].tolist()
     [[1.0, 0.0, 0.0], [0.0, 0.0, 1.0]]
   """
-  if not isinstance(num_classes, int) or num_classes < 1:
+  if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
     raise ValueError(f"Expected num_classes to be a positive int, got {num_classes!r}; pass"
                      " e.g. info(source).features['label'].num_classes.")
-  return Stage(_one_hot, (), _options(num_classes=num_classes, features=_features(features),
+  return Stage(_one_hot, (), _options(num_classes=int(num_classes), features=_features(features),
                                       dtype=jnp.dtype(dtype)))
 
 

@@ -559,8 +559,8 @@ def stream(
     ValueError: as :func:`load` for bad names, splits and keys; a string
       feature asked for by name without an encoding; a feature whose shape
       varies without a size in ``shapes``; ``mode="random_access"`` on
-      TFRecord files; bad ``read_ahead``, ``num_threads`` or
-      ``beam_num_workers``.
+      TFRecord files; bad ``read_ahead``, ``num_threads``,
+      ``shuffle_buffer_size`` or ``beam_num_workers``.
     TypeError: as :func:`load` for a name or split that is not a string, or
       a ``device`` that is not a device or sharding.
     FileNotFoundError: nothing prepared while ``local_files_only``.
@@ -576,7 +576,7 @@ def stream(
     >>> batch["image"].shape  # doctest: +SKIP
     (32, 8, 8, 1)
   """
-  _tfds.check_request(name, split, device=device, beam_num_workers=beam_num_workers)
+  _tfds.check_request(name, split, device=device, beam_num_workers=beam_num_workers, data_dir=data_dir)
   if include_keys is not None and exclude_keys is not None:
     raise ValueError(
         f"Expected at most one of include_keys and exclude_keys, got both"
@@ -585,6 +585,10 @@ def stream(
     raise ValueError(f"Expected read_ahead to be an int >= 0, got {read_ahead!r}.")
   if num_threads is not None and (not isinstance(num_threads, int) or num_threads < 1):
     raise ValueError(f"Expected num_threads to be a positive int, got {num_threads!r}.")
+  if (isinstance(shuffle_buffer_size, bool) or not isinstance(shuffle_buffer_size, int)
+      or shuffle_buffer_size < 1):  # tf.data's error would blame the files at the first shuffled read
+    raise ValueError(f"Expected shuffle_buffer_size to be a positive int, got {shuffle_buffer_size!r};"
+                     " pass the records a tf.data stream shuffles among (default 10,000).")
   if mode not in (None, RANDOM_ACCESS, TF_DATA):
     raise ValueError(f"Expected mode to be None, {RANDOM_ACCESS!r} or {TF_DATA!r}, got {mode!r}.")
   b = _tfds.builder(name, data_dir=data_dir, try_gcs=try_gcs)
@@ -685,8 +689,9 @@ def from_tfds(
 
   Raises:
     ValueError: ``eager=True`` for a split that does not fit the budget or has
-      variable-shape features (checked before reading anything), plus the
-      errors of :func:`load` and :func:`stream`.
+      variable-shape features (checked before reading anything), a negative
+      ``memory_budget``, plus the errors of :func:`load` and :func:`stream`.
+    TypeError: an option neither :func:`load` nor :func:`stream` takes.
 
   Example:
     >>> import tfds_jax
@@ -695,7 +700,12 @@ def from_tfds(
     'Source'
   """
   _tfds.check_request(name, split, device=kwargs.get("device"),
-                      beam_num_workers=kwargs.get("beam_num_workers"))
+                      beam_num_workers=kwargs.get("beam_num_workers"), data_dir=kwargs.get("data_dir"))
+  _check_options(kwargs)
+  if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
+                                    or memory_budget < 0):
+    raise ValueError(f"Expected memory_budget to be None or a number of bytes >= 0, got"
+                     f" {memory_budget!r}; pass e.g. 2 * 1024**3, or None for the default.")
   cached = _cached_choice(name, split, eager=eager, memory_budget=memory_budget, **kwargs)
   use_eager, reason = cached or choose(name, split, eager=eager, memory_budget=memory_budget, **kwargs)
   log.info("from_tfds(%r, %r): %s", name, split, reason)
@@ -740,16 +750,20 @@ def _cached_choice(name: str, split: str, *, eager: bool | None, memory_budget: 
   return True, f"eager{' (eager=True)' if eager else ''}: {size}, within {_tfds.human(limit)} ({where})"
 
 
+def _check_options(kwargs: Mapping[str, Any]) -> None:
+  unknown = sorted(set(kwargs) - _SHARED - _LOAD_ONLY - _STREAM_ONLY)
+  if unknown:  # checked first: a cached load would otherwise drop them without a word
+    raise TypeError(f"Expected options of load or stream, got unknown {unknown}; see"
+                    " help(tfds_jax.from_tfds).")
+
+
 def choose(name: str, split: str, *, eager: bool | None = None, memory_budget: int | None = None,
            **kwargs) -> tuple[bool, str]:
   """Whether :func:`from_tfds` would load eagerly, and why (one line).
 
   Reads only the dataset info (preparing the dataset if it must).
   """
-  unknown = sorted(set(kwargs) - _SHARED - _LOAD_ONLY - _STREAM_ONLY)
-  if unknown:
-    raise TypeError(f"Expected options of load or stream, got unknown {unknown}; see"
-                    " help(tfds_jax.from_tfds).")
+  _check_options(kwargs)
   if eager is False:
     return False, "streaming (eager=False)"
   b = _tfds.builder(name, data_dir=kwargs.get("data_dir"), try_gcs=kwargs.get("try_gcs", False))

@@ -114,7 +114,7 @@ def builder(
     ValueError: the dataset is unknown (the message lists close names), or
       TFDS cannot build the version or config asked for.
   """
-  check_request(name)
+  check_request(name, data_dir=data_dir)
   tfds = import_tfds()
   if base_name(name) in _EMBEDDED:
     theirs = _foreign_prepared(name, data_dir)
@@ -170,12 +170,13 @@ _FILE_FORMATS = ("tfrecord", "array_record")
 
 
 def check_request(name: Any, split: Any = "", *, device: Any = None,
-                  beam_num_workers: Any = None, file_format: Any = None) -> None:
+                  beam_num_workers: Any = None, file_format: Any = None, data_dir: Any = None) -> None:
   """Checks the arguments of ``load``, ``stream``, ``prepare`` and ``builder``
   before any work (no TensorFlow): clear errors instead of tracebacks from TFDS.
 
   Raises:
-    TypeError: ``name`` or ``split`` is not a string, ``device`` not a device.
+    TypeError: ``name`` or ``split`` is not a string, ``device`` not a device,
+      ``data_dir`` not a path.
     ValueError: an empty name, a bad ``beam_num_workers`` or ``file_format``.
   """
   if not isinstance(name, str) or not name.strip():
@@ -188,6 +189,10 @@ def check_request(name: Any, split: Any = "", *, device: Any = None,
         f" {split!r} ({type(split).__name__}); load each split with its own call, or join them"
         " with '+'.")
   _source_check_device(device)
+  if data_dir is not None and not isinstance(data_dir, (str, os.PathLike)):
+    raise TypeError(f"Expected data_dir to be None or a path (a str or os.PathLike), got"
+                    f" {type(data_dir).__name__} {data_dir!r:.80}; pass the directory that holds (or"
+                    " will hold) the prepared datasets.")
   if beam_num_workers is not None and (
       isinstance(beam_num_workers, (bool, np.bool_)) or not isinstance(beam_num_workers, (int, np.integer))
       or beam_num_workers < 1):
@@ -347,7 +352,7 @@ def prepare(
     >>> tfds_jax.prepare("digits")  # doctest: +SKIP
     '/root/tensorflow_datasets/digits/1.0.0'
   """
-  check_request(name, beam_num_workers=beam_num_workers, file_format=file_format)
+  check_request(name, beam_num_workers=beam_num_workers, file_format=file_format, data_dir=data_dir)
   kwargs = dict(download_and_prepare_kwargs or {})
   if file_format is not None:
     kwargs["file_format"] = file_format
@@ -583,12 +588,17 @@ def _split_size(b, split: str) -> int | None:
   if not b.info.splits:
     return None
   try:
-    return int(b.info.splits[split].num_examples)
+    n = int(b.info.splits[split].num_examples)
   except (KeyError, ValueError, AssertionError) as e:
     raise ValueError(
         f"Expected a split of {full_name(b)!r} such as {sorted(b.info.splits.keys())} (slices like"
         f" 'train[:10%]' work too), got {split!r}; pick one of those."
     ) from e
+  if n < 1:  # an empty slice ("train[5:2]" counts -3): nothing to read
+    raise ValueError(
+        f"Expected a split of {full_name(b)!r} with at least one record, got {split!r}, which"
+        f" selects none; check the slice's bounds (start before end, within the split).")
+  return n
 
 
 def _check_keys(what: str, keys: Iterable[str] | None, available: list[str], name: str) -> set[str]:
@@ -628,7 +638,7 @@ def select_keys(
   include = _check_keys("include_keys", include_keys, features, full_name(b))
   exclude = _check_keys("exclude_keys", exclude_keys, features, full_name(b))
   _check_keys("decoders keys", list(decoders or {}), list(b.info.features.keys()), full_name(b))
-  keys = [k for k in features if (not include or k in include) and k not in exclude]
+  keys = [k for k in features if (include_keys is None or k in include) and k not in exclude]
   if not keys:
     raise ValueError(f"Expected at least one feature of {full_name(b)!r} to load, got none after"
                      f" include_keys/exclude_keys; keep at least one of {features}.")
@@ -809,7 +819,7 @@ def load(
     >>> tfds_jax.info(src).features["label"].names[:3]  # doctest: +SKIP
     ['0', '1', '2']
   """
-  check_request(name, split, device=device, beam_num_workers=beam_num_workers)
+  check_request(name, split, device=device, beam_num_workers=beam_num_workers, data_dir=data_dir)
   if include_keys is not None and exclude_keys is not None:
     raise ValueError(
         f"Expected at most one of include_keys and exclude_keys, got both"
