@@ -363,6 +363,10 @@ def test_writes_killed_midway_are_cleaned_up_by_the_next_load(data_dir, cache_di
     # include_keys=[] loaded every feature
     (lambda d: tfds_jax.load("toy_images", "train", data_dir=d, include_keys=[], cache=False), ValueError,
      r"Expected at least one feature of 'toy_images' to load, got none after include_keys/exclude_keys"),
+    (lambda d: tfds_jax.load("toy_images", "train", data_dir=d, include_keys=[]), ValueError,
+     "Expected at least one feature"),  # before the cache (a cached entry cannot answer it)
+    (lambda d: tfds_jax.stream("toy_images", "train", data_dir=d, include_keys=[]), ValueError,
+     "Expected at least one feature"),
 ])
 def test_bad_arguments_are_clear_errors_before_any_work(data_dir, call, error, match):
   with pytest.raises(error, match=match):

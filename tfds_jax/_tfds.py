@@ -825,6 +825,10 @@ def load(
         f"Expected at most one of include_keys and exclude_keys, got both"
         f" ({sorted(include_keys)} and {sorted(exclude_keys)}); keep one."
     )
+  if include_keys is not None and not _as_set(include_keys):  # before the cache, whatever it holds
+    raise ValueError(f"Expected at least one feature of {name!r} to load, got none after"
+                     " include_keys/exclude_keys (include_keys is empty); name the features to"
+                     " load, or leave include_keys out for all of them.")
   shapes_key = _features.cache_key(shapes)
   key = cache_key(name, split, data_dir=data_dir, as_supervised=as_supervised,
                   include_keys=include_keys, exclude_keys=exclude_keys, shapes=shapes)
