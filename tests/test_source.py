@@ -325,6 +325,14 @@ def test_hand_made_states_out_of_int32_or_seed_range_are_errors():
   np.testing.assert_array_equal(next_batch(pipe, tfds_jax.SourceState(0, 3, 2**32 - 1))[0]["x"], want)
 
 
+def test_a_missing_batch_size_says_to_pass_one():
+  source = _source(10)
+  for call, what in ((lambda: next_batch(source, init(source)), "batch_size"),
+                     (lambda: batch_at(source, 0), "size")):
+    with pytest.raises(TypeError, match=rf"Expected {what} \(records per batch\), got None; pass it"):
+      call()  # was "got NoneType; mark it static: jax.jit(...)"
+
+
 def test_arrays_of_different_lengths_are_refused_wherever_they_are_read():
   # A gather past the end of the shorter array would return clamped or arbitrary rows.
   arrays = {"x": np.arange(10), "y": {"z": np.arange(5)}}

@@ -367,10 +367,27 @@ def test_writes_killed_midway_are_cleaned_up_by_the_next_load(data_dir, cache_di
      "Expected at least one feature"),  # before the cache (a cached entry cannot answer it)
     (lambda d: tfds_jax.stream("toy_images", "train", data_dir=d, include_keys=[]), ValueError,
      "Expected at least one feature"),
+    # TFDS prepared parquet files, which were then read as TFRecord and called damaged
+    (lambda d: tfds_jax.load("toy_images", "train", data_dir=d / "fresh",
+                             download_and_prepare_kwargs={"file_format": "parquet"}), ValueError,
+     r"Expected file_format to be one of \['tfrecord', 'array_record'\] .* got 'parquet'"),
+    (lambda d: tfds_jax.prepare("toy_images", data_dir=d / "fresh",
+                                download_and_prepare_kwargs={"file_format": "parquet"}), ValueError,
+     "got 'parquet'"),
 ])
 def test_bad_arguments_are_clear_errors_before_any_work(data_dir, call, error, match):
   with pytest.raises(error, match=match):
     call(data_dir)  # the dataset is prepared: beam_num_workers is checked all the same
+
+
+def test_a_dataset_prepared_in_a_format_tfds_jax_does_not_read_is_named_not_called_damaged(tmp_path):
+  tfds_builders.ToyImages(data_dir=tmp_path).download_and_prepare(file_format="parquet")
+  match = (r"Expected 'toy_images' prepared as one of \['tfrecord', 'array_record'\] .* got parquet files"
+           r" in .*; prepare it again into another data_dir with `tfds-jax prepare toy_images --file-format array_record")
+  for call in (lambda: tfds_jax.load("toy_images", "train", data_dir=tmp_path, cache=False),
+               lambda: tfds_jax.stream("toy_images", "train", data_dir=tmp_path)):
+    with pytest.raises(ValueError, match=match):
+      call()
 
 
 def test_a_users_own_digits_is_not_shadowed_by_the_embedded_one(tmp_path):

@@ -380,6 +380,9 @@ def init(
 
 
 def _check_batch_size(n: int, batch_size: Any, what: str = "batch_size") -> None:
+  if batch_size is None:
+    raise TypeError(f"Expected {what} (records per batch), got None; pass it, e.g."
+                    f" {what}=128 (only a Pipeline knows its own).")
   if (isinstance(batch_size, (jax.core.Tracer, bool, np.bool_))
       or not isinstance(batch_size, (int, np.integer))):
     raise TypeError(

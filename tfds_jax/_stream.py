@@ -576,7 +576,8 @@ def stream(
     >>> batch["image"].shape  # doctest: +SKIP
     (32, 8, 8, 1)
   """
-  _tfds.check_request(name, split, device=device, beam_num_workers=beam_num_workers, data_dir=data_dir)
+  _tfds.check_request(name, split, device=device, beam_num_workers=beam_num_workers, data_dir=data_dir,
+                      file_format=_tfds.prepare_format(download_and_prepare_kwargs))
   if include_keys is not None and exclude_keys is not None:
     raise ValueError(
         f"Expected at most one of include_keys and exclude_keys, got both"
@@ -595,6 +596,7 @@ def stream(
   _tfds.ensure_prepared(b, download=download, local_files_only=local_files_only,
                         download_and_prepare_kwargs=download_and_prepare_kwargs,
                         beam_num_workers=beam_num_workers)
+  _tfds.check_readable(b)
   array_record = _tfds.file_format(b) == "array_record"
   if mode == RANDOM_ACCESS and not array_record:
     raise ValueError(
@@ -700,7 +702,8 @@ def from_tfds(
     'Source'
   """
   _tfds.check_request(name, split, device=kwargs.get("device"),
-                      beam_num_workers=kwargs.get("beam_num_workers"), data_dir=kwargs.get("data_dir"))
+                      beam_num_workers=kwargs.get("beam_num_workers"), data_dir=kwargs.get("data_dir"),
+                      file_format=_tfds.prepare_format(kwargs.get("download_and_prepare_kwargs")))
   _check_options(kwargs)
   if memory_budget is not None and (isinstance(memory_budget, bool) or not isinstance(memory_budget, int)
                                     or memory_budget < 0):

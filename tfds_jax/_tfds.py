@@ -199,6 +199,7 @@ def check_request(name: Any, split: Any = "", *, device: Any = None,
     raise ValueError(f"Expected beam_num_workers to be None or a positive int, got"
                      f" {beam_num_workers!r}; pass the number of Beam DirectRunner processes,"
                      " 1 or more.")
+  file_format = getattr(file_format, "value", file_format)  # tfds.core.FileFormat members too
   if file_format is not None and file_format not in _FILE_FORMATS:
     raise ValueError(f"Expected file_format to be one of {list(_FILE_FORMATS)} (the formats"
                      f" tfds_jax reads), got {file_format!r}; use 'array_record' for random"
@@ -352,7 +353,8 @@ def prepare(
     >>> tfds_jax.prepare("digits")  # doctest: +SKIP
     '/root/tensorflow_datasets/digits/1.0.0'
   """
-  check_request(name, beam_num_workers=beam_num_workers, file_format=file_format, data_dir=data_dir)
+  check_request(name, beam_num_workers=beam_num_workers, data_dir=data_dir,
+                file_format=prepare_format(download_and_prepare_kwargs) if file_format is None else file_format)
   kwargs = dict(download_and_prepare_kwargs or {})
   if file_format is not None:
     kwargs["file_format"] = file_format
@@ -660,6 +662,23 @@ def _dataset(b, split: str, keys: list[str], decoders: Mapping[str, Any] | None,
                       batch_size=batch_size)
 
 
+def prepare_format(download_and_prepare_kwargs: Any) -> Any:
+  """The ``file_format`` a ``download_and_prepare_kwargs`` asks for, or None."""
+  if isinstance(download_and_prepare_kwargs, Mapping):
+    return download_and_prepare_kwargs.get("file_format")
+  return None
+
+
+def check_readable(b) -> None:
+  """Raises unless ``b`` is prepared in a file format tfds_jax reads (TFRecord, ArrayRecord)."""
+  fmt = file_format(b)
+  if fmt not in _FILE_FORMATS:  # read as TFRecord, its files would look damaged
+    raise ValueError(
+        f"Expected {full_name(b)!r} prepared as one of {list(_FILE_FORMATS)} (the formats tfds_jax"
+        f" reads), got {fmt} files in {b.data_dir}; prepare it again into another data_dir with"
+        f" `tfds-jax prepare {full_name(b)} --file-format array_record --data-dir DIR`.")
+
+
 def file_format(b) -> str:
   """``"tfrecord"`` or ``"array_record"``: how ``b``'s dataset was prepared."""
   return str(getattr(b.info.file_format, "value", b.info.file_format) or "tfrecord")
@@ -819,7 +838,8 @@ def load(
     >>> tfds_jax.info(src).features["label"].names[:3]  # doctest: +SKIP
     ['0', '1', '2']
   """
-  check_request(name, split, device=device, beam_num_workers=beam_num_workers, data_dir=data_dir)
+  check_request(name, split, device=device, beam_num_workers=beam_num_workers, data_dir=data_dir,
+                file_format=prepare_format(download_and_prepare_kwargs))
   if include_keys is not None and exclude_keys is not None:
     raise ValueError(
         f"Expected at most one of include_keys and exclude_keys, got both"
@@ -851,6 +871,7 @@ def load(
   ensure_prepared(b, download=download, local_files_only=local_files_only,
                   download_and_prepare_kwargs=download_and_prepare_kwargs,
                   beam_num_workers=beam_num_workers)
+  check_readable(b)
   num_records = _split_size(b, split)
   keys, asked = select_keys(b, as_supervised=as_supervised, include_keys=include_keys,
                             exclude_keys=exclude_keys, decoders=decoders)
